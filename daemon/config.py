@@ -1,0 +1,163 @@
+"""egen.toml -> frozen, validated settings.
+
+Defaults live on the dataclasses below (the README's configuration reference mirrors
+them). Loading never half-succeeds: either every key is valid and a `Settings` comes back,
+or `ConfigError` lists each problem as `file: dotted.key: what is wrong`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from daemon.typedtoml import DURATION, SIZE, Invalid, Issue, Loader, Secret
+from daemon.units import HostPort, format_duration, format_size
+
+DEFAULT_PATH = Path("/etc/egen/egen.toml")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["logfmt", "json"] = "logfmt"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    # Unset: egen runs an embedded Postgres under `<state_dir>/postgres`.
+    url: Secret | None = None
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    connect_timeout: Annotated[float, DURATION] = 10.0
+    statement_timeout: Annotated[float, DURATION] = 30.0
+
+    def check(self) -> None:
+        if self.pool_min_size < 0:
+            raise Invalid("pool_min_size", "must be 0 or more")
+        if self.pool_max_size < max(1, self.pool_min_size):
+            raise Invalid("pool_max_size", "must be at least 1 and at least pool_min_size")
+        schemes = ("postgres://", "postgresql://")
+        if self.url is not None and not self.url.reveal().startswith(schemes):
+            raise Invalid("url", "must be a postgresql:// URL")
+
+
+@dataclass(frozen=True)
+class JournalSettings:
+    # Each journal (one per kind of accepted item) may hold this much unconsumed data.
+    max_size: Annotated[int, SIZE] = 1024 * 2**20
+    segment_size: Annotated[int, SIZE] = 64 * 2**20
+
+    def check(self) -> None:
+        if self.segment_size < 4096:
+            raise Invalid("segment_size", "must be at least 4KiB")
+        if self.max_size < self.segment_size:
+            raise Invalid("max_size", "must be at least journal.segment_size")
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    listen: list[HostPort] = field(default_factory=lambda: [HostPort("127.0.0.1", 8800)])
+    shutdown_grace: Annotated[float, DURATION] = 5.0
+
+    def check(self) -> None:
+        if not self.listen:
+            raise Invalid("listen", "needs at least one address")
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path = Path("/var/lib/egen")
+    hostname: str = field(default_factory=socket.getfqdn)
+    drain_timeout: Annotated[float, DURATION] = 30.0
+    log: LogSettings = field(default_factory=LogSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    journal: JournalSettings = field(default_factory=JournalSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    # Where the settings came from; not a TOML key.
+    source: Path = field(default=Path("<defaults>"), compare=False)
+
+    def check(self) -> None:
+        if self.drain_timeout <= 0:
+            raise Invalid("drain_timeout", "must be positive")
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, issues: list[Issue]) -> None:
+        self.source = source
+        self.issues = issues
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [f"{self.source}: {issue.key}: {issue.message}" if issue.key
+                else f"{self.source}: {issue.message}" for issue in self.issues]
+
+
+def resolve_path(explicit: str | None, environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    if explicit:
+        return Path(explicit)
+    if env.get("EGEN_CONFIG"):
+        return Path(env["EGEN_CONFIG"])
+    return DEFAULT_PATH
+
+
+def load(path: Path, environ: dict[str, str] | None = None) -> Settings:
+    """Read and validate one config file; raise ConfigError with every problem found."""
+    shown = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(shown, [Issue("", "does not exist")]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(shown, [Issue("", f"cannot be read: {err}")]) from None
+    return loads(text, source=path, environ=environ)
+
+
+def loads(text: str, *, source: Path, environ: dict[str, str] | None = None) -> Settings:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(str(source), [Issue("syntax error", str(err))]) from None
+    if "source" in data:
+        raise ConfigError(str(source), [Issue("source", "unknown key")])
+    loader = Loader(base_dir=source.parent.resolve(), environ=environ)
+    settings = loader.load(Settings, data)
+    if loader.issues or settings is None:
+        raise ConfigError(str(source), loader.issues)
+    return _with_source(settings, source)
+
+
+def _with_source(settings: Settings, source: Path) -> Settings:
+    return replace(settings, source=source)
+
+
+def summary(settings: Settings) -> list[tuple[str, str]]:
+    """What `egen check-config` prints: where egen would listen and keep its data."""
+    db = settings.database
+    database = (_mask_url(db.url.reveal()) if db.url is not None
+                else f"embedded Postgres in {settings.state_dir / 'postgres'}")
+    rows = [
+        ("config", str(settings.source)),
+        ("hostname", settings.hostname),
+        ("state_dir", str(settings.state_dir)),
+        ("database", database),
+        ("journal", f"{settings.state_dir / 'journal'} "
+                    f"(cap {format_size(settings.journal.max_size)} per journal)"),
+        ("http", ", ".join(f"http://{a}" for a in settings.http.listen)),
+        ("drain_timeout", format_duration(settings.drain_timeout)),
+        ("log", f"{settings.log.level}, {settings.log.format}"),
+    ]
+    return rows
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
