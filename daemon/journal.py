@@ -128,6 +128,7 @@ class Journal:
         self._writer: asyncio.Task[None] | None = None
         self._opened = self._closing = self._closed = False
         self._broken: BaseException | None = None
+        self._refused = False
 
     @property
     def name(self) -> str:
@@ -139,7 +140,9 @@ class Journal:
 
     @property
     def full(self) -> bool:
-        return self.unconsumed_bytes >= self._max_size
+        """At the cap, or an append was refused and no checkpoint has freed space since:
+        what readiness probes and protocols should report as "cannot accept now"."""
+        return self._refused or self.unconsumed_bytes >= self._max_size
 
     async def open(self) -> None:
         """Recover: validate every record, cut a torn tail, drop what the checkpoint covers."""
@@ -236,6 +239,7 @@ class Journal:
         size = sum(fmt.HEADER_SIZE + len(p) for _, p in frames)
         if self.unconsumed_bytes + size > self._max_size:
             self._m_full.inc()
+            self._refused = True
             raise JournalFull(
                 f"journal {self._name!r} is full ({self.unconsumed_bytes} of {self._max_size}"
                 f" bytes unconsumed, {size} more needed; raise journal.max_size or restore"
@@ -424,6 +428,7 @@ class Journal:
             for segment in consumed:
                 del self._segments[segment]
             self._durable_unconsumed = self._count_unconsumed()
+            self._refused = False
             self._m_unconsumed.set(self.unconsumed_bytes)
             try:
                 await loop.run_in_executor(None, fmt.remove_segments, self._dir, consumed)

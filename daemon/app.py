@@ -1,0 +1,220 @@
+"""Wiring and lifecycle: builds the components from settings, starts them in order,
+stops them in reverse, and turns signals into drain (SIGTERM/SIGINT) and reload (SIGHUP).
+
+No protocol or storage logic lives here: every component has `start()` and `stop()`
+(and optionally `reload(settings)`), and the app only sequences them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from daemon import __version__, sdnotify
+from daemon.config import ConfigError, Settings, load
+from daemon.db import nodes
+from daemon.db.pool import Database
+from daemon.journal import Journal, JournalMetrics
+from daemon.logs import fields, get_logger, setup_logging
+from daemon.metrics import new_registry
+from daemon.web import HttpServer
+
+log = get_logger("app")
+
+# Seconds each remaining component still gets once the drain timeout has passed.
+LAST_CHANCE = 5.0
+
+
+class Component(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class Journals:
+    """Every journal of this process, opened before the components that append to them."""
+
+    settings: Settings
+    metrics: JournalMetrics
+    name: str = "journals"
+    opened: dict[str, Journal] = field(default_factory=dict)
+
+    def get(self, name: str) -> Journal:
+        if name not in self.opened:
+            self.opened[name] = Journal(
+                self.settings.state_dir / "journal" / name, name=name,
+                max_size=self.settings.journal.max_size,
+                segment_size=self.settings.journal.segment_size, metrics=self.metrics)
+        return self.opened[name]
+
+    async def start(self) -> None:
+        for journal in self.opened.values():
+            await journal.open()
+
+    async def stop(self) -> None:
+        for journal in self.opened.values():
+            await journal.close()
+
+    async def readiness(self) -> tuple[bool, str]:
+        full = [j.name for j in self.opened.values() if j.full]
+        return (not full, f"full: {', '.join(full)}" if full else "ok")
+
+
+def database_for(settings: Settings, *, owns_embedded: bool = True) -> Database:
+    """The database the settings describe; operator verbs pass owns_embedded=False."""
+    db = settings.database
+    return Database(
+        url=db.url.reveal() if db.url is not None else None,
+        data_dir=settings.state_dir / "postgres",
+        min_size=db.pool_min_size if owns_embedded else 0,
+        max_size=db.pool_max_size if owns_embedded else 2,
+        connect_timeout=db.connect_timeout, statement_timeout=db.statement_timeout,
+        owns_embedded=owns_embedded)
+
+
+class DatabaseComponent:
+    """The pool plus this process's row in `nodes`, refreshed while it runs."""
+
+    name = "database"
+
+    def __init__(self, settings: Settings, heartbeat_every: float = 30.0) -> None:
+        self.db = database_for(settings)
+        self.node_id = nodes.new_node_id()
+        self.heartbeat_every = heartbeat_every
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.db.start()
+        await nodes.register_node(self.db.pool, self.node_id, __version__)
+        self._heartbeat = asyncio.create_task(self._beat(), name="node-heartbeat")
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_every)
+            try:
+                if not await nodes.heartbeat(self.db.pool, self.node_id):
+                    await nodes.register_node(self.db.pool, self.node_id, __version__)
+            except Exception as err:  # Postgres may blip; the next beat tries again
+                log.warning("node heartbeat failed", extra=fields(error=str(err)))
+
+    async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        try:
+            await nodes.unregister_node(self.db.pool, self.node_id)
+        except Exception as err:
+            log.warning("could not unregister node", extra=fields(error=str(err)))
+        await self.db.stop()
+
+    async def readiness(self) -> tuple[bool, str]:
+        ok = await self.db.ping()
+        return ok, "ok" if ok else "database unreachable"
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = new_registry()
+        self.database = DatabaseComponent(settings)
+        self.journals = Journals(settings, JournalMetrics(self.registry))
+        self.http = HttpServer(settings.http.listen, self.registry,
+                               shutdown_grace=settings.http.shutdown_grace)
+        self.http.add_readiness_check("database", self.database.readiness)
+        self.http.add_readiness_check("journal", self.journals.readiness)
+        # Order matters: storage first, listeners last, so nothing is accepted that
+        # cannot be made durable; stop() walks it backwards.
+        self.components: list[Component] = [self.database, self.journals, self.http]
+        self._started: list[Component] = []
+        self.last_chance = LAST_CHANCE
+        self._stop_requested = asyncio.Event()
+        self._reload_hooks: list[Callable[[Settings], Awaitable[None]]] = []
+
+    def on_reload(self, hook: Callable[[Settings], Awaitable[None]]) -> None:
+        self._reload_hooks.append(hook)
+
+    async def start(self) -> None:
+        for component in self.components:
+            log.info("starting", extra=fields(component=component.name))
+            await component.start()
+            self._started.append(component)
+
+    async def stop(self, budget: float | None = None) -> None:
+        """Stop in reverse order within `budget` seconds overall. A component that overruns is
+        abandoned, but every later one still gets a short, bounded chance to stop, so the
+        embedded Postgres is never left running."""
+        loop = asyncio.get_running_loop()
+        deadline = None if budget is None else loop.time() + budget
+        while self._started:
+            component = self._started.pop()
+            log.info("stopping", extra=fields(component=component.name))
+            left = None if deadline is None else max(deadline - loop.time(), self.last_chance)
+            try:
+                await asyncio.wait_for(component.stop(), left)
+            except TimeoutError:
+                log.error("component did not stop in time",
+                          extra=fields(component=component.name, waited=left))
+            except Exception:
+                log.exception("component failed to stop cleanly",
+                              extra=fields(component=component.name))
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    async def reload(self) -> bool:
+        """Re-read the config file; keep running on the old settings if it is invalid."""
+        try:
+            new = await asyncio.to_thread(load, self.settings.source)
+        except ConfigError as err:
+            for line in err.lines():
+                log.error("reload rejected", extra=fields(problem=line))
+            return False
+        setup_logging(new.log.level, new.log.format)
+        for hook in self._reload_hooks:
+            await hook(new)
+        self.settings = new
+        log.info("reloaded", extra=fields(config=str(new.source)))
+        return True
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, drain within `drain_timeout`, return 0."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        watchdog: asyncio.Task[None] | None = None
+        try:
+            try:
+                await self.start()
+            except Exception as err:
+                log.error("start failed", extra=fields(error=f"{type(err).__name__}: {err}"))
+                await self.stop()
+                return 1
+            sdnotify.notify(f"READY=1\nSTATUS=serving\nMAINPID={os.getpid()}")
+            log.info("ready", extra=fields(version=__version__, pid=os.getpid()))
+            interval = sdnotify.watchdog_interval()
+            if interval:
+                watchdog = asyncio.create_task(self._watchdog(interval), name="sd-watchdog")
+            await self._stop_requested.wait()
+            sdnotify.notify("STOPPING=1\nSTATUS=draining")
+            log.info("draining", extra=fields(timeout=self.settings.drain_timeout))
+            await self.stop(self.settings.drain_timeout)
+            log.info("stopped")
+            return 0
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
