@@ -1,0 +1,1 @@
+"""The mail relay: SMTP intake, policy, DKIM, queue and delivery."""
