@@ -20,6 +20,7 @@ from daemon.db import nodes
 from daemon.db.pool import Database
 from daemon.journal import Journal, JournalMetrics
 from daemon.logs import fields, get_logger, setup_logging
+from daemon.mail.server import SmtpServer
 from daemon.metrics import new_registry
 from daemon.web import HttpServer
 
@@ -122,20 +123,23 @@ class DatabaseComponent:
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._started: list[Component] = []
+        self.last_chance = LAST_CHANCE
+        self._stop_requested = asyncio.Event()
+        self._reload_hooks: list[Callable[[Settings], Awaitable[None]]] = []
         self.registry = new_registry()
         self.database = DatabaseComponent(settings)
         self.journals = Journals(settings, JournalMetrics(self.registry))
         self.http = HttpServer(settings.http.listen, self.registry,
                                shutdown_grace=settings.http.shutdown_grace)
+        self.smtp = SmtpServer(settings, self.journals.get("mail"), self.registry)
         self.http.add_readiness_check("database", self.database.readiness)
         self.http.add_readiness_check("journal", self.journals.readiness)
+        self.on_reload(self.smtp.reload)
         # Order matters: storage first, listeners last, so nothing is accepted that
         # cannot be made durable; stop() walks it backwards.
-        self.components: list[Component] = [self.database, self.journals, self.http]
-        self._started: list[Component] = []
-        self.last_chance = LAST_CHANCE
-        self._stop_requested = asyncio.Event()
-        self._reload_hooks: list[Callable[[Settings], Awaitable[None]]] = []
+        self.components: list[Component] = [self.database, self.journals, self.http,
+                                             self.smtp]
 
     def on_reload(self, hook: Callable[[Settings], Awaitable[None]]) -> None:
         self._reload_hooks.append(hook)

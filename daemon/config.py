@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from daemon.mail.settings import DkimSettings, SmtpSettings
 from daemon.typedtoml import DURATION, SIZE, Invalid, Issue, Loader, Secret
 from daemon.units import HostPort, format_duration, format_size
 
@@ -78,6 +79,8 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     journal: JournalSettings = field(default_factory=JournalSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
     # Where the settings came from; not a TOML key.
     source: Path = field(default=Path("<defaults>"), compare=False)
 
@@ -149,6 +152,7 @@ def summary(settings: Settings) -> list[tuple[str, str]]:
         ("journal", f"{settings.state_dir / 'journal'} "
                     f"(cap {format_size(settings.journal.max_size)} per journal)"),
         ("http", ", ".join(f"http://{a}" for a in settings.http.listen)),
+        *_smtp_summary(settings),
         ("drain_timeout", format_duration(settings.drain_timeout)),
         ("log", f"{settings.log.level}, {settings.log.format}"),
     ]
@@ -161,3 +165,17 @@ def _mask_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _smtp_summary(settings: Settings) -> list[tuple[str, str]]:
+    rows = []
+    for listener in settings.smtp.listeners:
+        trusted = ", ".join(listener.trusted_networks) or "none"
+        rows.append(("smtp", f"{listener.listen} tls={listener.tls} auth={listener.auth} "
+                             f"trusted={trusted}"))
+    if settings.smtp.listeners:
+        rows.append(("smtp users", ", ".join(sorted(settings.smtp.users)) or "none"))
+    for key in settings.dkim.keys:
+        rows.append(("dkim", f"{key.selector}._domainkey.{key.domain} ({key.algorithm}, "
+                             f"{key.key_file})"))
+    return rows

@@ -1,0 +1,89 @@
+"""An accepted message as it travels from SMTP intake through the journal to the queue.
+
+The journal record is a small binary frame, not JSON with the message inside: the signed
+message bytes go in raw (no base64 growth, no copy through a JSON encoder), and only the
+envelope is JSON. Layout: b"EM1" | u32 envelope length | envelope JSON | message bytes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from dataclasses import dataclass
+
+import orjson
+
+_MAGIC = b"EM1"
+_LENGTH = struct.Struct(">I")
+_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: IDs never spell words
+
+
+class EnvelopeError(ValueError):
+    """A journal record that is not a mail envelope this version understands."""
+
+
+def new_queue_id() -> str:
+    """A 14-character random ID, unique across nodes without coordination (~69 bits)."""
+    return "".join(secrets.choice(_ALPHABET) for _ in range(14))
+
+
+@dataclass(frozen=True)
+class Envelope:
+    queue_id: str
+    sender: str                      # MAIL FROM address; "" for the null sender <>
+    recipients: tuple[str, ...]
+    received_at: float               # UNIX time the message was accepted
+    client_ip: str
+    helo: str
+    auth_user: str | None
+    tls: str | None                  # e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"; None for plaintext
+    smtputf8: bool
+    body_8bit: bool                  # BODY=8BITMIME was given
+    message_id: str
+    signed_by: tuple[str, ...]       # "d=example.com s=sel a=rsa-sha256" per DKIM signature
+    size: int                        # length of the message bytes
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({
+            "queue_id": self.queue_id, "sender": self.sender,
+            "recipients": list(self.recipients), "received_at": self.received_at,
+            "client_ip": self.client_ip, "helo": self.helo, "auth_user": self.auth_user,
+            "tls": self.tls, "smtputf8": self.smtputf8, "body_8bit": self.body_8bit,
+            "message_id": self.message_id, "signed_by": list(self.signed_by),
+            "size": self.size,
+        })
+
+
+def encode(envelope: Envelope, message: bytes) -> bytes:
+    head = envelope.to_json()
+    return b"".join((_MAGIC, _LENGTH.pack(len(head)), head, message))
+
+
+def decode(record: bytes) -> tuple[Envelope, bytes]:
+    """Inverse of `encode`; EnvelopeError names what is wrong with a bad record."""
+    if not record.startswith(_MAGIC):
+        raise EnvelopeError(f"not a mail record (starts with {record[:3]!r})")
+    if len(record) < len(_MAGIC) + _LENGTH.size:
+        raise EnvelopeError("mail record truncated before the envelope length")
+    (length,) = _LENGTH.unpack_from(record, len(_MAGIC))
+    start = len(_MAGIC) + _LENGTH.size
+    if start + length > len(record):
+        raise EnvelopeError(f"mail record envelope of {length} bytes exceeds the record")
+    try:
+        doc = orjson.loads(record[start:start + length])
+        message = record[start + length:]
+        envelope = Envelope(
+            queue_id=str(doc["queue_id"]), sender=str(doc["sender"]),
+            recipients=tuple(str(r) for r in doc["recipients"]),
+            received_at=float(doc["received_at"]), client_ip=str(doc["client_ip"]),
+            helo=str(doc["helo"]), auth_user=doc["auth_user"], tls=doc["tls"],
+            smtputf8=bool(doc["smtputf8"]), body_8bit=bool(doc["body_8bit"]),
+            message_id=str(doc["message_id"]),
+            signed_by=tuple(str(s) for s in doc["signed_by"]), size=int(doc["size"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise EnvelopeError(f"mail record envelope is malformed: {err}") from None
+    if envelope.size != len(message):
+        raise EnvelopeError(f"mail record says {envelope.size} bytes but holds {len(message)}")
+    if not envelope.recipients:
+        raise EnvelopeError("mail record has no recipients")
+    return envelope, message

@@ -1,0 +1,306 @@
+"""The SMTP handler: aiosmtpd calls these hooks per command; each answers from policy,
+and DATA ends with the signed message durable in the journal before `250`.
+
+Never relays inside DATA: accepting means "on disk", delivery happens elsewhere. Every
+message ends in exactly one counted outcome (accepted or rejected with a reason), and
+every outcome is one line in the mail log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import time
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
+from aiosmtpd.smtp import LoginPassword, Session
+from prometheus_client import CollectorRegistry, Counter
+
+from daemon.journal import Journal, JournalError, JournalFull
+from daemon.logs import fields, get_logger
+from daemon.mail import envelope as queue_record
+from daemon.mail.dkim import DkimError, KeyRing
+from daemon.mail.message import MessageRejected, prepare, protocol_name, received_header
+from daemon.mail.policy import (
+    Decision,
+    User,
+    check_header_from,
+    check_mail_from,
+    check_relay,
+    in_networks,
+    parse_path,
+)
+from daemon.mail.ratelimit import FailureLimiter, TokenBucket
+from daemon.mail.settings import ListenerSettings, SmtpSettings
+from daemon.mail.smtpd import EgenSMTP
+
+log = get_logger("smtp")
+maillog = get_logger("maillog")
+
+
+class IntakeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.messages = Counter("egen_smtp_messages_total",
+                                "Messages by outcome (accepted, or rejected with a reason).",
+                                ["outcome", "reason"], registry=registry)
+        self.recipients = Counter("egen_smtp_recipients_total", "Recipients accepted.",
+                                  registry=registry)
+        self.auth = Counter("egen_smtp_auth_total", "AUTH attempts by result.", ["result"],
+                            registry=registry)
+        self.bytes = Counter("egen_smtp_accepted_bytes_total", "Bytes of accepted mail.",
+                             registry=registry)
+
+
+@dataclass
+class IntakeContext:
+    """What every listener's handler shares; replaced wholesale on SIGHUP."""
+
+    hostname: str
+    smtp: SmtpSettings
+    users: Mapping[str, User]
+    keyring: KeyRing
+    refuse_unsigned: bool
+    journal: Journal
+    sign_pool: Executor
+    metrics: IntakeMetrics
+    client_rate: TokenBucket
+    user_rate: TokenBucket
+    auth_failures: FailureLimiter
+
+
+class CredentialCache:
+    """Remembers a keyed digest of each user's last good password, so a client that
+    connects per message costs one scrypt per password change, not one per message.
+    The key lives only in this process; the digest is useless outside it."""
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+        self._known: dict[str, bytes] = {}
+
+    def _digest(self, name: str, password: bytes) -> bytes:
+        return hashlib.blake2b(name.encode() + b"\0" + password, key=self._key).digest()
+
+    def hit(self, name: str, password: bytes) -> bool:
+        known = self._known.get(name)
+        return known is not None and hmac.compare_digest(known, self._digest(name, password))
+
+    def remember(self, name: str, password: bytes) -> None:
+        self._known[name] = self._digest(name, password)
+
+    def clear(self) -> None:
+        self._known.clear()
+
+
+class IntakeHandler:
+    """aiosmtpd handler for one listener; finds hooks by exact name (handle_*)."""
+
+    def __init__(self, listener: ListenerSettings, context: IntakeContext,
+                 credentials: CredentialCache) -> None:
+        self.listener = listener
+        self.networks = listener.networks
+        self.context = context
+        self.credentials = credentials
+
+    # -- helpers ----------------------------------------------------------------------
+
+    @staticmethod
+    def client_ip(session: Session) -> str:
+        peer = session.peer
+        host = peer[0] if isinstance(peer, tuple) else str(peer)
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return host
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+        return str(address)
+
+    def trusted(self, session: Session) -> bool:
+        return in_networks(self.client_ip(session), self.networks)
+
+    @staticmethod
+    def user(session: Session) -> User | None:
+        return session.auth_data if session.authenticated else None
+
+    def reject(self, session: Session, reason: str, reply: str, **extra: Any) -> str:
+        self.context.metrics.messages.labels("rejected", reason).inc()
+        maillog.info("rejected", extra=fields(
+            client=self.client_ip(session), reason=reason, reply=reply, **extra))
+        return reply
+
+    # -- hooks ------------------------------------------------------------------------
+
+    async def handle_EHLO(self, server: EgenSMTP, session: Session, envelope: SmtpEnvelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        kept = [line for line in responses if line.strip() != "250-AUTH"]
+        last = kept.pop()  # "250 HELP"
+        return [*kept, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
+
+    async def authenticate(self, server: EgenSMTP, session: Session,
+                           credentials: LoginPassword) -> tuple[str, User | None]:
+        ctx = self.context
+        ip = self.client_ip(session)
+        if ctx.auth_failures.blocked(ip):
+            ctx.metrics.auth.labels("blocked").inc()
+            return "454 4.7.0 Too many failed AUTH attempts; try again later", None
+        name = credentials.login.decode("utf-8", "replace")
+        user = ctx.users.get(name)
+        ok = False
+        if user is not None:
+            if self.credentials.hit(name, credentials.password):
+                ok = True
+            else:
+                password = credentials.password.decode("utf-8", "surrogateescape")
+                ok = await asyncio.to_thread(user.password.verify, password)
+                if ok:
+                    self.credentials.remember(name, credentials.password)
+        if not ok:
+            ctx.auth_failures.failure(ip)
+            ctx.metrics.auth.labels("failed").inc()
+            log.warning("auth failed", extra=fields(client=ip, user=name))
+            return "535 5.7.8 Authentication credentials invalid", None
+        ctx.auth_failures.success(ip)
+        ctx.metrics.auth.labels("ok").inc()
+        return "235 2.7.0 Authentication successful", user
+
+    async def handle_MAIL(self, server: EgenSMTP, session: Session, envelope: SmtpEnvelope,
+                          address: str, mail_options: list[str]) -> str:
+        ctx = self.context
+        user = self.user(session)
+        trusted = self.trusted(session)
+        if self.listener.auth == "required" and user is None and not trusted:
+            return self.reject(session, "auth_required",
+                               "530 5.7.0 Authentication required")
+        try:
+            sender = parse_path(address, allow_null=True, smtputf8=envelope.smtp_utf8)
+        except ValueError as err:
+            return self.reject(session, "bad_sender", f"501 5.1.7 Bad sender address: {err}")
+        decision = check_mail_from(user, sender)
+        if not decision.ok:
+            return self.reject(session, "sender_not_allowed", decision.reply(), sender=sender,
+                               user=user.name if user else None)
+        ip = self.client_ip(session)
+        if not ctx.client_rate.take(ip):
+            wait = ctx.client_rate.retry_after(ip)
+            return self.reject(session, "rate_client",
+                               f"451 4.7.1 Too much mail from {ip}; try again in {wait:.0f}s")
+        if user is not None and not ctx.user_rate.take(user.name):
+            wait = ctx.user_rate.retry_after(user.name)
+            return self.reject(session, "rate_user", f"451 4.7.1 Too much mail from user "
+                               f"{user.name}; try again in {wait:.0f}s")
+        envelope.mail_from = sender
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(self, server: EgenSMTP, session: Session, envelope: SmtpEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        decision: Decision = check_relay(authenticated_user=self.user(session),
+                                         client_trusted=self.trusted(session))
+        if not decision.ok:
+            return self.reject(session, "relay_denied", decision.reply(), rcpt=address)
+        limit = self.context.smtp.max_recipients
+        if len(envelope.rcpt_tos) >= limit:
+            return f"452 4.5.3 Too many recipients (at most {limit} per message)"
+        try:
+            recipient = parse_path(address, allow_null=False, smtputf8=envelope.smtp_utf8)
+        except ValueError as err:
+            return f"501 5.1.3 Bad recipient address: {err}"
+        envelope.rcpt_tos.append(recipient)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server: EgenSMTP, session: Session,
+                          envelope: SmtpEnvelope) -> str:
+        ctx = self.context
+        user = self.user(session)
+        ip = self.client_ip(session)
+        queue_id = queue_record.new_queue_id()
+        now = time.time()
+        tls = server.tls_description()
+        received = received_header(
+            helo=session.host_name or "unknown", client_ip=ip, client_rdns=None,
+            hostname=ctx.hostname, queue_id=queue_id,
+            protocol=protocol_name(esmtp=session.extended_smtp, tls=tls is not None,
+                                   auth=user is not None, smtputf8=envelope.smtp_utf8),
+            tls=tls, auth_user=user.name if user else None,
+            recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None, now=now)
+        raw = envelope.original_content or b""
+        try:
+            prepared = prepare(raw, received=received, hostname=ctx.hostname, now=now)
+        except MessageRejected as err:
+            return self.reject(session, "bad_message", f"{err.code} {err.message}",
+                               queue_id=queue_id)
+        decision = check_header_from(user, prepared.from_addresses)
+        if not decision.ok:
+            return self.reject(session, "from_not_allowed", decision.reply(),
+                               queue_id=queue_id)
+        signer = ctx.keyring.signer_for(prepared.from_domain)
+        signatures = b""
+        if signer is None and ctx.refuse_unsigned:
+            return self.reject(session, "no_dkim_key", f"550 5.7.1 No DKIM key for "
+                               f"{prepared.from_domain}; refusing to relay unsigned mail",
+                               queue_id=queue_id)
+        if signer is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                signatures = await loop.run_in_executor(ctx.sign_pool, signer.sign,
+                                                        prepared.data)
+            except DkimError as err:
+                log.error("dkim signing failed", extra=fields(queue_id=queue_id,
+                                                               error=str(err)))
+                return self.reject(session, "dkim_failed", "451 4.3.0 Could not sign the "
+                                   "message; try again later", queue_id=queue_id)
+        message = signatures + prepared.data
+        record = queue_record.Envelope(
+            queue_id=queue_id, sender=envelope.mail_from or "",
+            recipients=tuple(envelope.rcpt_tos), received_at=now, client_ip=ip,
+            helo=session.host_name or "", auth_user=user.name if user else None, tls=tls,
+            smtputf8=envelope.smtp_utf8,
+            body_8bit="BODY=8BITMIME" in envelope.mail_options,
+            message_id=prepared.message_id, signed_by=_signed_by(signatures),
+            size=len(message))
+        try:
+            await ctx.journal.append(queue_record.encode(record, message))
+        except JournalFull:
+            return self.reject(session, "queue_full",
+                               "451 4.3.0 Queue full; try again later", queue_id=queue_id)
+        except JournalError as err:
+            log.error("journal append failed", extra=fields(queue_id=queue_id, error=str(err)))
+            return self.reject(session, "journal_error",
+                               "451 4.3.0 Temporary local problem; try again later",
+                               queue_id=queue_id)
+        ctx.metrics.messages.labels("accepted", "").inc()
+        ctx.metrics.recipients.inc(len(record.recipients))
+        ctx.metrics.bytes.inc(len(message))
+        maillog.info("accepted", extra=fields(
+            queue_id=queue_id, sender=record.sender, nrcpt=len(record.recipients),
+            size=record.size, client=ip, user=record.auth_user, tls=tls or "none",
+            message_id=record.message_id, dkim=";".join(record.signed_by) or "none"))
+        return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("smtp session error", exc_info=error)
+        self.context.metrics.messages.labels("rejected", "internal_error").inc()
+        return "451 4.3.0 Internal error; try again later"
+
+
+def _signed_by(signatures: bytes) -> tuple[str, ...]:
+    """'d=example.com s=sel a=rsa-sha256' per DKIM-Signature header, for the queue."""
+    found = []
+    for header in signatures.split(b"\r\nDKIM-Signature:"):
+        tags = {}
+        for part in header.replace(b"\r\n", b"").split(b";"):
+            key, _, value = part.strip().partition(b"=")
+            tags[key.strip().lower()] = value.strip()
+        if b"d" in tags:
+            found.append(f"d={tags[b'd'].decode()} s={tags.get(b's', b'').decode()} "
+                         f"a={tags.get(b'a', b'').decode()}")
+    return tuple(found)

@@ -1,0 +1,242 @@
+"""The SMTP intake component: one asyncio server per configured listener, all in
+egen's own loop (never aiosmtpd's threaded Controller), with a connection cap, a drain
+on stop, and SIGHUP reload of certificates, users and DKIM keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from daemon.config import Settings
+from daemon.journal import Journal
+from daemon.logs import fields, get_logger
+from daemon.mail.dkim import DkimError, DkimKey, KeyRing, generate_key, load_key
+from daemon.mail.dkimkeys import write_private_key
+from daemon.mail.intake import CredentialCache, IntakeContext, IntakeHandler, IntakeMetrics
+from daemon.mail.passwords import parse_hash
+from daemon.mail.policy import User, parse_sender_pattern
+from daemon.mail.ratelimit import FailureLimiter, TokenBucket
+from daemon.mail.settings import ListenerSettings
+from daemon.mail.smtpd import EgenSMTP
+from daemon.mail.tls import TlsError, ensure_self_signed, load_into, server_context
+from daemon.units import HostPort
+
+log = get_logger("smtp")
+
+
+class SmtpStartError(Exception):
+    pass
+
+
+def load_keyring(settings: Settings) -> KeyRing:
+    """Every configured DKIM key, generated first where `generate = true` asks for it."""
+    keys: list[DkimKey] = []
+    for entry in settings.dkim.keys:
+        if entry.generate and not entry.key_file.exists():
+            entry.key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_private_key(generate_key(entry.algorithm), entry.key_file)
+            log.info("generated dkim key", extra=fields(
+                domain=entry.domain, selector=entry.selector, file=str(entry.key_file)))
+        key = load_key(entry.key_file, domain=entry.domain, selector=entry.selector)
+        if key.algorithm != entry.algorithm:
+            raise DkimError(f"{entry.key_file}: holds an {key.algorithm} key, but the config "
+                            f"says algorithm = \"{entry.algorithm}\"")
+        if key.weak:
+            log.warning("weak dkim key; use 2048 bits", extra=fields(
+                domain=key.domain, selector=key.selector, bits=key.key_bits))
+        if key.loose_permissions:
+            log.warning("dkim key file is readable by others; chmod 600 it",
+                        extra=fields(file=str(entry.key_file)))
+        keys.append(key)
+    return KeyRing(keys)
+
+
+def load_users(settings: Settings) -> dict[str, User]:
+    return {name: User(name=name, password=parse_hash(user.password_hash.reveal()),
+                       allowed_senders=tuple(parse_sender_pattern(p)
+                                             for p in user.allowed_senders))
+            for name, user in settings.smtp.users.items()}
+
+
+class SmtpServer:
+    name = "smtp"
+
+    def __init__(self, settings: Settings, journal: Journal, registry: CollectorRegistry,
+                 *, sign_threads: int = 2) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.metrics = IntakeMetrics(registry)
+        self.sign_pool = ThreadPoolExecutor(max_workers=sign_threads,
+                                            thread_name_prefix="dkim-sign")
+        self.credentials = CredentialCache()
+        self.connections = Gauge("egen_smtp_connections", "Open SMTP connections.",
+                                 registry=registry)
+        self.refused = Gauge("egen_smtp_connections_refused",
+                             "Connections refused over smtp.max_connections.",
+                             registry=registry)
+        self.tls_context: ssl.SSLContext | None = None
+        self.context: IntakeContext | None = None
+        self.addresses: list[HostPort] = []
+        self._servers: list[asyncio.Server] = []
+        self._sessions: set[EgenSMTP] = set()
+        self._refused_count = 0
+        self._in_data = 0
+        self._no_data = asyncio.Event()
+        self._no_data.set()
+
+    def data_started(self) -> None:
+        self._in_data += 1
+        self._no_data.clear()
+
+    def data_finished(self) -> None:
+        self._in_data -= 1
+        if self._in_data == 0:
+            self._no_data.set()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        smtp = self.settings.smtp
+        if not smtp.listeners:
+            return
+        try:
+            self.context = await asyncio.to_thread(self._build_context, self.settings)
+            if any(listener.tls != "none" for listener in smtp.listeners):
+                cert, key = await asyncio.to_thread(self._cert_paths, self.settings)
+                self.tls_context = await asyncio.to_thread(server_context, cert, key)
+        except (DkimError, TlsError, ValueError, OSError) as err:
+            raise SmtpStartError(str(err)) from None
+        loop = asyncio.get_running_loop()
+        for listener in smtp.listeners:
+            server = await loop.create_server(
+                lambda listener=listener: self._protocol(listener),
+                listener.listen.host, listener.listen.port, reuse_address=True,
+                ssl=self.tls_context if listener.tls == "implicit" else None)
+            self._servers.append(server)
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                bound = HostPort(host, port)
+                self.addresses.append(bound)
+                log.info("listening", extra=fields(
+                    proto="smtp", address=str(bound), tls=listener.tls, auth=listener.auth))
+
+    def _build_context(self, settings: Settings) -> IntakeContext:
+        smtp = settings.smtp
+        return IntakeContext(
+            hostname=settings.hostname, smtp=smtp, users=load_users(settings),
+            keyring=load_keyring(settings), refuse_unsigned=settings.dkim.unsigned == "refuse",
+            journal=self.journal, sign_pool=self.sign_pool, metrics=self.metrics,
+            client_rate=TokenBucket(rate=smtp.rate_per_client.per_minute / 60,
+                                    burst=smtp.rate_per_client.burst),
+            user_rate=TokenBucket(rate=smtp.rate_per_user.per_minute / 60,
+                                  burst=smtp.rate_per_user.burst),
+            auth_failures=FailureLimiter(max_failures=smtp.auth_failures,
+                                         block=smtp.auth_block))
+
+    @staticmethod
+    def _cert_paths(settings: Settings) -> tuple[Path, Path]:
+        smtp = settings.smtp
+        if smtp.tls_cert is not None and smtp.tls_key is not None:
+            return smtp.tls_cert, smtp.tls_key
+        return ensure_self_signed(settings.state_dir / "tls", settings.hostname)
+
+    def _protocol(self, listener: ListenerSettings) -> asyncio.Protocol:
+        assert self.context is not None
+        smtp = self.settings.smtp
+        if len(self._sessions) >= smtp.max_connections:
+            self._refused_count += 1
+            self.refused.set(self._refused_count)
+            return _Refuse(f"421 4.7.0 {self.settings.hostname} Too many connections; "
+                           f"try again later\r\n")
+        handler = IntakeHandler(listener, self.context, self.credentials)
+        session = _TrackedSMTP(
+            self, handler, allow_auth=listener.auth != "none",
+            data_size_limit=smtp.max_message_size, enable_SMTPUTF8=True,
+            decode_data=False, hostname=self.settings.hostname, ident="egen ESMTP",
+            tls_context=self.tls_context if listener.tls == "starttls" else None,
+            require_starttls=listener.require_tls, timeout=smtp.timeout,
+            auth_require_tls=not listener.allow_plaintext_auth)
+        return session
+
+    async def stop(self) -> None:
+        """Stop listening, let messages in DATA finish, then close idle sessions."""
+        for server in self._servers:
+            server.close()
+        if self._in_data:
+            log.info("waiting for messages in transfer", extra=fields(count=self._in_data))
+            try:
+                await asyncio.wait_for(self._no_data.wait(), self.settings.drain_timeout)
+            except TimeoutError:
+                log.warning("messages still in transfer at drain timeout; their clients "
+                            "were not answered and will retry", extra=fields(
+                                count=self._in_data))
+        for session in list(self._sessions):
+            if session.transport is not None:
+                session.transport.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        self.addresses = []
+        self.sign_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def reload(self, settings: Settings) -> None:
+        """New users, keys and certificate for new sessions; listeners stay as they are
+        (changing addresses needs a restart)."""
+        try:
+            context = await asyncio.to_thread(self._build_context, settings)
+            if self.tls_context is not None:
+                cert, key = await asyncio.to_thread(self._cert_paths, settings)
+                await asyncio.to_thread(load_into, self.tls_context, cert, key)
+        except (DkimError, TlsError, ValueError, OSError) as err:
+            log.error("smtp reload failed; keeping the previous keys and certificate",
+                      extra=fields(error=str(err)))
+            return
+        self.settings = settings
+        self.context = context
+        self.credentials.clear()
+        log.info("smtp reloaded", extra=fields(users=len(context.users),
+                                               dkim_domains=",".join(context.keyring.domains)))
+
+
+class _TrackedSMTP(EgenSMTP):
+    """Knows its server, so open sessions can be counted, drained and closed."""
+
+    def __init__(self, owner: SmtpServer, handler: Any, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.owner = owner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:
+            self.owner._sessions.add(self)
+            self.owner.connections.set(len(self.owner._sessions))
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.owner._sessions.discard(self)
+        self.owner.connections.set(len(self.owner._sessions))
+        super().connection_lost(error)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self.owner.data_started()
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.owner.data_finished()
+
+
+class _Refuse(asyncio.Protocol):
+    """Answers 421 and hangs up: the cheapest thing to do over the connection cap."""
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply.encode()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(self.reply)
+        transport.close()

@@ -1,0 +1,214 @@
+"""egen's SMTP protocol object: aiosmtpd's `SMTP` with the parts a relay needs fixed.
+
+aiosmtpd 1.4.6 (its last release) parses commands well and carries the fixes for SMTP
+smuggling and STARTTLS injection, but leaves these to its users:
+
+- it advertises neither PIPELINING (it already reads pipelined commands) nor
+  ENHANCEDSTATUSCODES, and most of its own replies lack enhanced codes: `push` adds
+  them, so every reply after EHLO carries one (RFC 2034);
+- on an implicit-TLS listener (465) it does not know the connection is encrypted and
+  refuses AUTH (aiosmtpd issue #274): `connection_made` notices the TLS transport;
+- its authenticator is synchronous, but checking an scrypt hash costs tens of
+  milliseconds: AUTH PLAIN/LOGIN here await the handler's `authenticate` coroutine,
+  which runs the hash in a thread;
+- it reads DATA one line at a time (slow for large messages, issue #293): `smtp_DATA`
+  reads up to each ".\\r\\n" with the stream's own search, enforces SIZE while reading and
+  drops the data of an oversized message instead of keeping it;
+- without `handle_exception` an internal error answers "500 Error: (Class) message",
+  which leaks internals and makes senders bounce mail: the handler must implement it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from base64 import b64decode
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, syntax
+
+# aiosmtpd logs every command line at INFO (AUTH included) and deprecation chatter at
+# WARNING; egen logs its own one line per event instead.
+logging.getLogger("mail.log").setLevel(logging.CRITICAL)
+
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3}( |$)")
+# Enhanced codes for aiosmtpd's own replies that lack one, by reply code.
+_ENHANCED = {
+    "221": "2.0.0", "250": "2.0.0", "252": "2.0.0", "421": "4.4.2", "451": "4.3.0",
+    "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
+    "530": "5.7.0", "550": "5.0.0", "552": "5.3.4", "553": "5.1.3", "554": "5.7.0",
+    "555": "5.5.4",
+}
+_END = b".\r\n"
+
+
+class EgenSMTP(SMTP):
+    """One instance per connection (aiosmtpd's protocol factory makes a new one)."""
+
+    def __init__(self, handler: Any, *, allow_auth: bool, **kwargs: Any) -> None:
+        if not allow_auth:
+            kwargs["auth_exclude_mechanism"] = ["PLAIN", "LOGIN"]
+        super().__init__(handler, **kwargs)
+        self.allow_auth = allow_auth
+        self.implicit_tls = False
+        self._in_ehlo = False
+
+    # -- transport --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first and transport.get_extra_info("ssl_object") is not None:
+            # Implicit TLS: the socket was encrypted before SMTP began, so AUTH is as
+            # safe as after STARTTLS (aiosmtpd only counts STARTTLS).
+            self.implicit_tls = True
+            self._auth_require_tls = False
+
+    @property
+    def encrypted(self) -> bool:
+        return self.implicit_tls or self._tls_protocol is not None
+
+    def tls_description(self) -> str | None:
+        """'TLSv1.3 TLS_AES_256_GCM_SHA384' for Received: and the envelope."""
+        transport = self.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport else None
+        if ssl_object is None:
+            return None
+        cipher = ssl_object.cipher()
+        return f"{ssl_object.version()} {cipher[0]}" if cipher else ssl_object.version()
+
+    # -- replies ----------------------------------------------------------------------
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str) and not self._in_ehlo and not _HAS_ENHANCED.match(status):
+            code, sep, rest = status[:3], status[3:4], status[4:]
+            enhanced = _ENHANCED.get(code)
+            if enhanced and sep in (" ", "-", ""):
+                status = f"{code}{sep or ' '}{enhanced} {rest}".rstrip()
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._in_ehlo = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_ehlo = False
+
+    # -- AUTH -------------------------------------------------------------------------
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = b64decode(args[1].encode(), validate=True)
+            except ValueError:
+                await self.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        assert isinstance(blob, bytes)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await self.push("501 5.5.2 AUTH PLAIN needs authzid NUL authcid NUL password")
+            return AuthResult(success=False, handled=True)
+        return await self._check_credentials(parts[1], parts[2])
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+            if login is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                login = b64decode(args[1].encode(), validate=True)
+            except ValueError:
+                await self.push("501 5.5.2 Cannot decode base64")
+                return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        assert isinstance(login, bytes) and isinstance(password, bytes)
+        return await self._check_credentials(login, password)
+
+    async def _check_credentials(self, login: bytes, password: bytes) -> AuthResult:
+        assert self.session is not None
+        reply, user = await self.event_handler.authenticate(
+            self, self.session, LoginPassword(login, password))
+        if user is None:
+            return AuthResult(success=False, handled=False, message=reply)
+        return AuthResult(success=True, auth_data=user, message=reply)
+
+    # -- DATA -------------------------------------------------------------------------
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        content = await self._read_data()
+        if content is None:
+            self._set_post_data_state()
+            limit = self.data_size_limit
+            await self.push(f"552 5.3.4 Message size exceeds the {limit}-byte limit")
+            return
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 2.0.0 OK" if status is MISSING else status)
+
+    async def _read_data(self) -> bytes | None:
+        """The dot-unstuffed message, or None (after draining it) when over SIZE.
+
+        Only CRLF "." CRLF ends the data: a bare LF before or after the dot does not,
+        which is what keeps SMTP smuggling out.
+        """
+        reader = self._reader
+        limit = self.data_size_limit or 2**31
+        saved = reader._limit  # type: ignore[attr-defined]
+        # Let one search span the whole permitted message instead of one line.
+        reader._limit = limit + len(_END) + 2  # type: ignore[attr-defined]
+        parts: list[bytes] = []
+        total = 0
+        tail = b""          # the last two bytes consumed before the current chunk
+        at_start = True
+        try:
+            while True:
+                try:
+                    chunk = await reader.readuntil(_END)
+                except asyncio.LimitOverrunError as err:
+                    chunk = await reader.read(err.consumed)
+                    ended = False
+                else:
+                    before = (tail + chunk[:-len(_END)])[-2:]
+                    ended = (at_start and chunk == _END) or before == b"\r\n"
+                    if ended:
+                        chunk = chunk[:-len(_END)]
+                total += len(chunk)
+                if total <= limit:
+                    parts.append(chunk)
+                else:
+                    parts.clear()
+                tail = (tail + chunk)[-2:]
+                at_start = False
+                if ended:
+                    break
+        except asyncio.IncompleteReadError:
+            raise ConnectionResetError("connection closed during DATA") from None
+        finally:
+            reader._limit = saved  # type: ignore[attr-defined]
+        if total > limit:
+            return None
+        data = b"".join(parts)
+        if data.startswith(b"."):
+            data = data[1:]
+        return data.replace(b"\r\n.", b"\r\n")
