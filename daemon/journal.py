@@ -139,6 +139,12 @@ class Journal:
         return self._durable_unconsumed + self._inflight
 
     @property
+    def durable_end(self) -> Position:
+        """Where the durable records end now (what a consumer has caught up with once its
+        checkpoint reaches it)."""
+        return Position(self._active, self._segments[self._active])
+
+    @property
     def full(self) -> bool:
         """At the cap, or an append was refused and no checkpoint has freed space since:
         what readiness probes and protocols should report as "cannot accept now"."""
