@@ -16,10 +16,12 @@ from typing import Protocol
 
 from daemon import __version__, sdnotify
 from daemon.config import ConfigError, Settings, load
+from daemon.consumer import JournalConsumer
 from daemon.db import nodes
 from daemon.db.pool import Database
-from daemon.journal import Journal, JournalMetrics
+from daemon.journal import Journal, JournalMetrics, Record
 from daemon.logs import fields, get_logger, setup_logging
+from daemon.mail.flusher import mail_store
 from daemon.mail.server import SmtpServer
 from daemon.metrics import new_registry
 from daemon.web import HttpServer
@@ -132,14 +134,20 @@ class App:
         self.journals = Journals(settings, JournalMetrics(self.registry))
         self.http = HttpServer(settings.http.listen, self.registry,
                                shutdown_grace=settings.http.shutdown_grace)
-        self.smtp = SmtpServer(settings, self.journals.get("mail"), self.registry)
+        mail_journal = self.journals.get("mail")
+        self.mail_flusher = JournalConsumer(mail_journal, self._store_mail, name="mail",
+                                            registry=self.registry)
+        self.smtp = SmtpServer(settings, mail_journal, self.registry)
         self.http.add_readiness_check("database", self.database.readiness)
         self.http.add_readiness_check("journal", self.journals.readiness)
         self.on_reload(self.smtp.reload)
         # Order matters: storage first, listeners last, so nothing is accepted that
         # cannot be made durable; stop() walks it backwards.
-        self.components: list[Component] = [self.database, self.journals, self.http,
-                                             self.smtp]
+        self.components: list[Component] = [self.database, self.journals,
+                                             self.mail_flusher, self.http, self.smtp]
+
+    async def _store_mail(self, records: list[Record]) -> None:
+        await mail_store(self.database.db.pool)(records)
 
     def on_reload(self, hook: Callable[[Settings], Awaitable[None]]) -> None:
         self._reload_hooks.append(hook)
