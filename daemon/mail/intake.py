@@ -23,10 +23,10 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import LoginPassword, Session
 from prometheus_client import CollectorRegistry, Counter
 
-from daemon.journal import Journal, JournalError, JournalFull
+from daemon.journal import Journal
 from daemon.logs import fields, get_logger
 from daemon.mail import envelope as queue_record
-from daemon.mail.dkim import DkimError, KeyRing
+from daemon.mail.dkim import KeyRing
 from daemon.mail.message import MessageRejected, prepare, protocol_name, received_header
 from daemon.mail.policy import (
     Decision,
@@ -40,6 +40,7 @@ from daemon.mail.policy import (
 from daemon.mail.ratelimit import FailureLimiter, TokenBucket
 from daemon.mail.settings import ListenerSettings, SmtpSettings
 from daemon.mail.smtpd import EgenSMTP
+from daemon.mail.submit import Origin, Refused, sign_and_queue
 
 log = get_logger("smtp")
 maillog = get_logger("maillog")
@@ -242,48 +243,16 @@ class IntakeHandler:
         if not decision.ok:
             return self.reject(session, "from_not_allowed", decision.reply(),
                                queue_id=queue_id)
-        signer = ctx.keyring.signer_for(prepared.from_domain)
-        signatures = b""
-        if signer is None and ctx.refuse_unsigned:
-            return self.reject(session, "no_dkim_key", f"550 5.7.1 No DKIM key for "
-                               f"{prepared.from_domain}; refusing to relay unsigned mail",
-                               queue_id=queue_id)
-        if signer is not None:
-            loop = asyncio.get_running_loop()
-            try:
-                signatures = await loop.run_in_executor(ctx.sign_pool, signer.sign,
-                                                        prepared.data)
-            except DkimError as err:
-                log.error("dkim signing failed", extra=fields(queue_id=queue_id,
-                                                               error=str(err)))
-                return self.reject(session, "dkim_failed", "451 4.3.0 Could not sign the "
-                                   "message; try again later", queue_id=queue_id)
-        message = signatures + prepared.data
-        record = queue_record.Envelope(
-            queue_id=queue_id, sender=envelope.mail_from or "",
-            recipients=tuple(envelope.rcpt_tos), received_at=now, client_ip=ip,
-            helo=session.host_name or "", auth_user=user.name if user else None, tls=tls,
-            smtputf8=envelope.smtp_utf8,
-            body_8bit="BODY=8BITMIME" in envelope.mail_options,
-            message_id=prepared.message_id, signed_by=_signed_by(signatures),
-            size=len(message))
+        origin = Origin(client_ip=ip, helo=session.host_name or "",
+                        auth_user=user.name if user else None, tls=tls,
+                        smtputf8=envelope.smtp_utf8,
+                        body_8bit="BODY=8BITMIME" in envelope.mail_options)
         try:
-            await ctx.journal.append(queue_record.encode(record, message))
-        except JournalFull:
-            return self.reject(session, "queue_full",
-                               "451 4.3.0 Queue full; try again later", queue_id=queue_id)
-        except JournalError as err:
-            log.error("journal append failed", extra=fields(queue_id=queue_id, error=str(err)))
-            return self.reject(session, "journal_error",
-                               "451 4.3.0 Temporary local problem; try again later",
-                               queue_id=queue_id)
-        ctx.metrics.messages.labels("accepted", "").inc()
-        ctx.metrics.recipients.inc(len(record.recipients))
-        ctx.metrics.bytes.inc(len(message))
-        maillog.info("accepted", extra=fields(
-            queue_id=queue_id, sender=record.sender, nrcpt=len(record.recipients),
-            size=record.size, client=ip, user=record.auth_user, tls=tls or "none",
-            message_id=record.message_id, dkim=";".join(record.signed_by) or "none"))
+            await sign_and_queue(ctx, queue_id=queue_id, sender=envelope.mail_from or "",
+                                 recipients=envelope.rcpt_tos, prepared=prepared,
+                                 origin=origin, now=now)
+        except Refused as refused:
+            return self.reject(session, refused.reason, refused.reply, queue_id=queue_id)
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     async def handle_exception(self, error: Exception) -> str:
@@ -291,16 +260,3 @@ class IntakeHandler:
         self.context.metrics.messages.labels("rejected", "internal_error").inc()
         return "451 4.3.0 Internal error; try again later"
 
-
-def _signed_by(signatures: bytes) -> tuple[str, ...]:
-    """'d=example.com s=sel a=rsa-sha256' per DKIM-Signature header, for the queue."""
-    found = []
-    for header in signatures.split(b"\r\nDKIM-Signature:"):
-        tags = {}
-        for part in header.replace(b"\r\n", b"").split(b";"):
-            key, _, value = part.strip().partition(b"=")
-            tags[key.strip().lower()] = value.strip()
-        if b"d" in tags:
-            found.append(f"d={tags[b'd'].decode()} s={tags.get(b's', b'').decode()} "
-                         f"a={tags.get(b'a', b'').decode()}")
-    return tuple(found)

@@ -103,9 +103,8 @@ class SmtpServer:
 
     async def start(self) -> None:
         smtp = self.settings.smtp
-        if not smtp.listeners:
-            return
         try:
+            # Built even without listeners: egen's own mail (bounces) is signed with it.
             self.context = await asyncio.to_thread(self._build_context, self.settings)
             if any(listener.tls != "none" for listener in smtp.listeners):
                 cert, key = await asyncio.to_thread(self._cert_paths, self.settings)

@@ -1,0 +1,118 @@
+"""The one way into the mail queue: sign a prepared message and append it, with its
+envelope, to the mail journal. SMTP intake uses it after its policy checks; egen's own
+mail (bounces, alerts) uses `submit_local`, so that mail is signed, queued, retried and
+logged exactly like an application's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import TYPE_CHECKING
+
+from daemon.journal import JournalError, JournalFull
+from daemon.logs import fields, get_logger
+from daemon.mail import envelope as queue_record
+from daemon.mail.dkim import DkimError
+from daemon.mail.message import PreparedMessage, prepare
+
+if TYPE_CHECKING:
+    from daemon.mail.intake import IntakeContext
+
+log = get_logger("smtp")
+maillog = get_logger("maillog")
+
+
+class Refused(Exception):
+    """The message was not queued; `reply` is the SMTP answer, `reason` the counted one."""
+
+    def __init__(self, reason: str, reply: str) -> None:
+        super().__init__(reply)
+        self.reason = reason
+        self.reply = reply
+
+
+@dataclass(frozen=True)
+class Origin:
+    client_ip: str
+    helo: str
+    auth_user: str | None
+    tls: str | None
+    smtputf8: bool
+    body_8bit: bool
+
+
+async def sign_and_queue(ctx: IntakeContext, *, queue_id: str, sender: str,
+                         recipients: Sequence[str], prepared: PreparedMessage, origin: Origin,
+                         now: float) -> queue_record.Envelope:
+    """Durable when it returns; raises Refused (nothing stored) otherwise."""
+    signer = ctx.keyring.signer_for(prepared.from_domain)
+    if signer is None and ctx.refuse_unsigned:
+        raise Refused("no_dkim_key", f"550 5.7.1 No DKIM key for {prepared.from_domain}; "
+                      "refusing to relay unsigned mail")
+    signatures = b""
+    if signer is not None:
+        loop = asyncio.get_running_loop()
+        try:
+            signatures = await loop.run_in_executor(ctx.sign_pool, signer.sign, prepared.data)
+        except DkimError as err:
+            log.error("dkim signing failed", extra=fields(queue_id=queue_id, error=str(err)))
+            raise Refused("dkim_failed", "451 4.3.0 Could not sign the message; try again "
+                          "later") from None
+    message = signatures + prepared.data
+    record = queue_record.Envelope(
+        queue_id=queue_id, sender=sender, recipients=tuple(recipients), received_at=now,
+        client_ip=origin.client_ip, helo=origin.helo, auth_user=origin.auth_user,
+        tls=origin.tls, smtputf8=origin.smtputf8, body_8bit=origin.body_8bit,
+        message_id=prepared.message_id, signed_by=signed_by(signatures), size=len(message))
+    try:
+        await ctx.journal.append(queue_record.encode(record, message))
+    except JournalFull:
+        raise Refused("queue_full", "451 4.3.0 Queue full; try again later") from None
+    except JournalError as err:
+        log.error("journal append failed", extra=fields(queue_id=queue_id, error=str(err)))
+        raise Refused("journal_error", "451 4.3.0 Temporary local problem; try again "
+                      "later") from None
+    ctx.metrics.messages.labels("accepted", "").inc()
+    ctx.metrics.recipients.inc(len(record.recipients))
+    ctx.metrics.bytes.inc(len(message))
+    maillog.info("accepted", extra=fields(
+        queue_id=queue_id, sender=record.sender or "<>", nrcpt=len(record.recipients),
+        size=record.size, client=origin.client_ip, user=record.auth_user or "-",
+        tls=origin.tls or "none", message_id=record.message_id,
+        dkim=";".join(record.signed_by) or "none"))
+    return record
+
+
+async def submit_local(ctx: IntakeContext, *, sender: str, recipients: Sequence[str],
+                       message: bytes) -> str:
+    """Queue mail egen itself writes (bounces, alerts); returns the queue ID."""
+    queue_id = queue_record.new_queue_id()
+    now = time.time()
+    received = (f"Received: by {ctx.hostname} (egen) id {queue_id};\r\n"
+                f"\t{formatdate(now)}\r\n").encode()
+    prepared = prepare(message, received=received, hostname=ctx.hostname, now=now)
+    eight_bit = any(b > 127 for b in prepared.data)
+    await sign_and_queue(ctx, queue_id=queue_id, sender=sender, recipients=recipients,
+                         prepared=prepared, now=now,
+                         origin=Origin(client_ip="127.0.0.1", helo=ctx.hostname,
+                                       auth_user=None, tls=None, smtputf8=False,
+                                       body_8bit=eight_bit))
+    return queue_id
+
+
+def signed_by(signatures: bytes) -> tuple[str, ...]:
+    """'d=example.com s=sel a=rsa-sha256' per DKIM-Signature header, for the queue."""
+    found = []
+    for header in signatures.split(b"\r\nDKIM-Signature:"):
+        tags = {}
+        for part in header.replace(b"\r\n", b"").split(b";"):
+            key, _, value = part.strip().partition(b"=")
+            tags[key.strip().lower()] = value.strip()
+        if b"d" in tags:
+            found.append(f"d={tags[b'd'].decode()} s={tags.get(b's', b'').decode()} "
+                         f"a={tags.get(b'a', b'').decode()}")
+    return tuple(found)
