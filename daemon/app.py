@@ -21,7 +21,9 @@ from daemon.db import nodes
 from daemon.db.pool import Database
 from daemon.journal import Journal, JournalMetrics, Record
 from daemon.logs import fields, get_logger, setup_logging
+from daemon.mail.delivery import DeliveryWorker
 from daemon.mail.flusher import mail_store
+from daemon.mail.notify import Notifier
 from daemon.mail.server import SmtpServer
 from daemon.metrics import new_registry
 from daemon.web import HttpServer
@@ -138,16 +140,23 @@ class App:
         self.mail_flusher = JournalConsumer(mail_journal, self._store_mail, name="mail",
                                             registry=self.registry)
         self.smtp = SmtpServer(settings, mail_journal, self.registry)
+        self.delivery = DeliveryWorker(
+            settings, lambda: self.database.db.pool, lambda: self.database.node_id,
+            self.registry, on_final=Notifier(lambda: self.smtp.context,
+                                             hostname=settings.hostname,
+                                             postmaster=settings.delivery.postmaster))
         self.http.add_readiness_check("database", self.database.readiness)
         self.http.add_readiness_check("journal", self.journals.readiness)
         self.on_reload(self.smtp.reload)
         # Order matters: storage first, listeners last, so nothing is accepted that
         # cannot be made durable; stop() walks it backwards.
         self.components: list[Component] = [self.database, self.journals,
-                                             self.mail_flusher, self.http, self.smtp]
+                                             self.mail_flusher, self.smtp, self.delivery,
+                                             self.http]
 
     async def _store_mail(self, records: list[Record]) -> None:
         await mail_store(self.database.db.pool)(records)
+        self.delivery.wake()
 
     def on_reload(self, hook: Callable[[Settings], Awaitable[None]]) -> None:
         self._reload_hooks.append(hook)

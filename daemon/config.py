@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from daemon.mail.settings import DkimSettings, SmtpSettings
+from daemon.mail.routing import RouteSettings, check_routes
+from daemon.mail.settings import DeliverySettings, DkimSettings, SmtpSettings
 from daemon.typedtoml import DURATION, SIZE, Invalid, Issue, Loader, Secret
 from daemon.units import HostPort, format_duration, format_size
 
@@ -81,12 +82,16 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    # Ordered; the first route whose domains match a recipient's domain carries it.
+    routes: list[RouteSettings] = field(default_factory=list)
     # Where the settings came from; not a TOML key.
     source: Path = field(default=Path("<defaults>"), compare=False)
 
     def check(self) -> None:
         if self.drain_timeout <= 0:
             raise Invalid("drain_timeout", "must be positive")
+        check_routes(self.routes)
 
 
 class ConfigError(Exception):

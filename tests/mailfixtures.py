@@ -7,6 +7,7 @@ Listener indexes in `MAIL_LISTENERS`: 0 relay for trusted loopback (no TLS, no A
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -47,7 +48,10 @@ trusted_networks = ["192.0.2.0/24"]
 
 
 def mail_config(tmp_path: Path, database_url: str, *, smtp: str = "", dkim_keys: str | None = None,
-                listeners: str = MAIL_LISTENERS, extra: str = "") -> config.Settings:
+                listeners: str = MAIL_LISTENERS, extra: str = "", routes: str | None = None,
+                delivery: str = "") -> config.Settings:
+    """Settings for a test egen. Delivery goes to a Maildir under tmp_path unless `routes`
+    says otherwise: tests never send mail beyond loopback."""
     keys = dkim_keys if dkim_keys is not None else f"""
 [[dkim.keys]]
 domain = "example.com"
@@ -62,6 +66,13 @@ selector = "rsa"
 algorithm = "rsa"
 key_file = "{tmp_path / 'dkim' / 'rsa.pem'}"
 generate = true
+"""
+    if routes is None:
+        routes = f"""
+[[routes]]
+domains = ["*"]
+transport = "maildir"
+path = "{tmp_path / 'maildir'}"
 """
     path = tmp_path / "egen.toml"
     path.write_text(f"""
@@ -83,13 +94,21 @@ allowed_senders = ["*@example.com"]
 [smtp.users.alerts]
 password_hash = "{PASSWORD_HASH}"
 allowed_senders = ["alerts@example.org"]
+[delivery]
+dns_timeout = "1s"
+{delivery if "nameservers" in delivery else 'nameservers = ["127.0.0.1:9"]' + chr(10) + delivery}
 {listeners}
 {keys}
+{routes}
 """)
     return config.load(path, environ={})
 
 
+@contextlib.asynccontextmanager
 async def started_app(settings: config.Settings) -> AsyncIterator[App]:
+    """`async with started_app(...) as app:` — a context manager, not an async generator
+    to iterate, so the app is stopped at once when the test body fails (an abandoned async
+    generator is finalized later, after fixtures such as the database are gone)."""
     app = App(settings)
     await app.start()
     try:

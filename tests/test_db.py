@@ -18,6 +18,7 @@ import pytest
 from daemon.db import Database, DatabaseError, EmbeddedPostgres, MigrationError, mask_password
 from daemon.db.migrate import MIGRATION_LOCK_KEY, load_migrations, migrate
 from daemon.db.nodes import heartbeat, new_node_id, register_node, unregister_node
+from daemon.db.pghost import wait_gone
 from tests.pgfixtures import private_tmpdir
 
 # -- helpers ------------------------------------------------------------------------------
@@ -135,8 +136,11 @@ async def test_embedded_starts_after_cluster_was_killed(cluster_dir: Path) -> No
     dsn = await asyncio.to_thread(pg.start)
     postmaster = _postmaster_pid(cluster_dir)
     # kill -9 the whole cluster, as systemd does with egen's cgroup: postmaster.pid stays.
-    for pid in _cluster_processes(cluster_dir, postmaster):
+    victims = _cluster_processes(cluster_dir, postmaster)
+    for pid in victims:
         os.kill(pid, signal.SIGKILL)
+    for pid in victims:   # SIGKILL is delivered asynchronously: wait for the deaths
+        assert await asyncio.to_thread(wait_gone, pid, 10.0)
     assert (cluster_dir / "postmaster.pid").exists()
     assert not pg.running
 

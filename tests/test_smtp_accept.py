@@ -31,7 +31,7 @@ MESSAGE = (b"From: App <app@example.com>\r\nTo: ops@example.org\r\nSubject: buil
 
 @pytest.fixture
 async def app(tmp_path: Path, pg_url: str) -> AsyncIterator[App]:
-    async for running in started_app(mail_config(tmp_path, pg_url)):
+    async with started_app(mail_config(tmp_path, pg_url)) as running:
         yield running
 
 
@@ -185,14 +185,14 @@ async def test_unparsable_messages_get_550_5_6_0(app: App, message: bytes,
 async def test_unsigned_domain_relayed_or_refused_per_config(tmp_path: Path,
                                                              pg_url: str) -> None:
     other = b"From: x@other.test\r\nSubject: s\r\n\r\nbody\r\n"
-    async for app in started_app(mail_config(tmp_path, pg_url)):
+    async with started_app(mail_config(tmp_path, pg_url)) as app:
         async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port(app, 0)) as client:
             await client.sendmail("x@other.test", ["ops@example.org"], other)
         [row] = await stored(app)
         assert row["signed_by"] == [] and b"DKIM-Signature" not in bytes(row["data"])
     (tmp_path / "refuse").mkdir()
     refusing = mail_config(tmp_path / "refuse", pg_url, extra='[dkim]\nunsigned = "refuse"\n')
-    async for app in started_app(refusing):
+    async with started_app(refusing) as app:
         async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port(app, 0)) as client:
             with pytest.raises(aiosmtplib.SMTPDataError) as refused:
                 await client.sendmail("x@other.test", ["ops@example.org"], other)
@@ -210,7 +210,7 @@ async def test_full_journal_answers_451_and_postgres_blip_loses_nothing(
     settings = mail_config(tmp_path, url, extra='[journal]\nmax_size = "16KiB"\n'
                                                 'segment_size = "4KiB"\n')
     try:
-        async for app in started_app(settings):
+        async with started_app(settings) as app:
             proxy.cut()
             accepted, refused = [], []
             async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port(app, 0)) as client:

@@ -46,7 +46,7 @@ async def test_reload_swaps_certificate_and_keys_and_keeps_them_on_errors(
     shutil.copy(first_key, live_key)
     settings = mail_config(tmp_path, pg_url,
                            smtp=f'tls_cert = "{live_cert}"\ntls_key = "{live_key}"\n')
-    async for app in started_app(settings):
+    async with started_app(settings) as app:
         assert await served_name(port(app, 1)) == "first.test"
         assert app.smtp.context is not None
         assert app.smtp.context.keyring.signer_for("example.com") is not None

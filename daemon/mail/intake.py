@@ -197,7 +197,7 @@ class IntakeHandler:
             wait = ctx.user_rate.retry_after(user.name)
             return self.reject(session, "rate_user", f"451 4.7.1 Too much mail from user "
                                f"{user.name}; try again in {wait:.0f}s")
-        envelope.mail_from = sender
+        envelope.mail_from = sender or "<>"   # aiosmtpd treats "" as "no MAIL yet"
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Sender OK"
 
@@ -248,9 +248,12 @@ class IntakeHandler:
                         smtputf8=envelope.smtp_utf8,
                         body_8bit="BODY=8BITMIME" in envelope.mail_options)
         try:
-            await sign_and_queue(ctx, queue_id=queue_id, sender=envelope.mail_from or "",
-                                 recipients=envelope.rcpt_tos, prepared=prepared,
-                                 origin=origin, now=now)
+            sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
+            # Shielded: a client that hangs up while the append is in flight does not
+            # withdraw it, so the accept must still be counted and logged.
+            await asyncio.shield(sign_and_queue(
+                ctx, queue_id=queue_id, sender=sender or "", recipients=envelope.rcpt_tos,
+                prepared=prepared, origin=origin, now=now))
         except Refused as refused:
             return self.reject(session, refused.reason, refused.reply, queue_id=queue_id)
         return f"250 2.0.0 Ok: queued as {queue_id}"

@@ -236,6 +236,6 @@ class _Refuse(asyncio.Protocol):
         self.reply = reply.encode()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(self.reply)
+        # uvloop's transports are not asyncio.WriteTransport subclasses; they do write.
+        transport.write(self.reply)  # type: ignore[attr-defined]
         transport.close()

@@ -165,3 +165,44 @@ class DkimSettings:
                 raise Invalid(f"keys[{i}].selector",
                               f'"{key.selector}" is configured twice for {key.domain}')
             seen.add(ident)
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    # Port of MX hosts (25; tests point it at unprivileged ports).
+    port: int = 25
+    # DNS servers for MX lookups ("10.0.0.2", "127.0.0.1:5353"); empty: /etc/resolv.conf.
+    nameservers: list[str] = field(default_factory=list)
+    dns_timeout: Annotated[float, DURATION] = 10.0
+    # Connections at once in total, and to one destination host.
+    concurrency: int = 100
+    per_destination: int = 10
+    connect_timeout: Annotated[float, DURATION] = 30.0
+    # Upper bound for one SMTP command (DATA included) on an outgoing connection.
+    command_timeout: Annotated[float, DURATION] = 300.0
+    # How long a claim on a recipient lasts before another node may take it over.
+    lease: Annotated[float, DURATION] = 600.0
+    # How often an idle node looks for due work (new mail wakes it at once).
+    poll_interval: Annotated[float, DURATION] = 2.0
+    batch: int = 200
+    # Retry schedule, like Postfix: 5m, doubling up to 70m, give up after 5 days.
+    first_retry: Annotated[float, DURATION] = 300.0
+    max_backoff: Annotated[float, DURATION] = 4200.0
+    lifetime: Annotated[float, DURATION] = 5 * 86400.0
+    # Send a "still trying" DSN after this long; unset: never.
+    delay_warning: Annotated[float, DURATION] | None = None
+    # Sender of bounces (the From: of DSNs; their envelope sender is always <>).
+    postmaster: str | None = None
+
+    def check(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise Invalid("port", "must be between 1 and 65535")
+        for name in ("concurrency", "per_destination", "batch"):
+            if getattr(self, name) < 1:
+                raise Invalid(name, "must be at least 1")
+        if self.first_retry > self.max_backoff:
+            raise Invalid("first_retry", "must not exceed delivery.max_backoff")
+        if self.lifetime < self.first_retry:
+            raise Invalid("lifetime", "must be at least delivery.first_retry")
+        if self.delay_warning is not None and self.delay_warning <= 0:
+            raise Invalid("delay_warning", "must be positive (leave it out to send none)")

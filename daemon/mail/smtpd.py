@@ -35,10 +35,10 @@ logging.getLogger("mail.log").setLevel(logging.CRITICAL)
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3}( |$)")
 # Enhanced codes for aiosmtpd's own replies that lack one, by reply code.
 _ENHANCED = {
-    "221": "2.0.0", "250": "2.0.0", "252": "2.0.0", "421": "4.4.2", "451": "4.3.0",
-    "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4",
-    "530": "5.7.0", "550": "5.0.0", "552": "5.3.4", "553": "5.1.3", "554": "5.7.0",
-    "555": "5.5.4",
+    "220": "2.0.0", "221": "2.0.0", "250": "2.0.0", "252": "2.0.0", "421": "4.4.2",
+    "451": "4.3.0", "454": "4.7.0", "500": "5.5.2", "501": "5.5.4", "502": "5.5.1",
+    "503": "5.5.1", "504": "5.5.4", "530": "5.7.0", "550": "5.0.0", "552": "5.3.4",
+    "553": "5.1.3", "554": "5.7.0", "555": "5.5.4",
 }
 _END = b".\r\n"
 
@@ -53,6 +53,7 @@ class EgenSMTP(SMTP):
         self.allow_auth = allow_auth
         self.implicit_tls = False
         self._in_ehlo = False
+        self._greeted = False
 
     # -- transport --------------------------------------------------------------------
 
@@ -81,7 +82,10 @@ class EgenSMTP(SMTP):
     # -- replies ----------------------------------------------------------------------
 
     async def push(self, status: str | bytes) -> None:
-        if isinstance(status, str) and not self._in_ehlo and not _HAS_ENHANCED.match(status):
+        if not self._greeted:   # the 220 greeting carries no enhanced code (RFC 2034)
+            self._greeted = True
+        elif (isinstance(status, str) and not self._in_ehlo
+              and not _HAS_ENHANCED.match(status)):
             code, sep, rest = status[:3], status[3:4], status[4:]
             enhanced = _ENHANCED.get(code)
             if enhanced and sep in (" ", "-", ""):
@@ -94,6 +98,34 @@ class EgenSMTP(SMTP):
             await super().smtp_EHLO(hostname)
         finally:
             self._in_ehlo = False
+
+    # -- paths ------------------------------------------------------------------------
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """Split `<path> params` without the stdlib header parser.
+
+        aiosmtpd's version runs email's RFC 5322 parser per MAIL and RCPT (a large share
+        of the loop's time per message), raises IndexError on `MAIL FROM:<`, and refuses
+        the null sender `<>` that bounces must use. egen's handlers validate the address
+        itself (policy.parse_path); here it is only cut out. The null path comes back as
+        "<>" because aiosmtpd treats an empty address as a syntax error.
+        """
+        text = arg.strip()
+        if not text:
+            return "", ""
+        if not text.startswith("<"):
+            path, _, rest = text.partition(" ")
+            return path, rest.strip()
+        quoted = False
+        for i, char in enumerate(text):
+            if char == '"' and text[i - 1] != "\\":
+                quoted = not quoted
+            elif char == ">" and not quoted:
+                path, rest = text[1:i], text[i + 1:].strip()
+                if ":" in path and path.startswith("@"):   # source route: ignore it
+                    path = path.split(":", 1)[1]
+                return (path or "<>"), rest
+        return None, None
 
     # -- AUTH -------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from daemon.journal import JournalError, JournalFull
 from daemon.logs import fields, get_logger
 from daemon.mail import envelope as queue_record
-from daemon.mail.dkim import DkimError
+from daemon.mail.dkim import DkimError, DkimMessageError
 from daemon.mail.message import PreparedMessage, prepare
 
 if TYPE_CHECKING:
@@ -58,6 +58,9 @@ async def sign_and_queue(ctx: IntakeContext, *, queue_id: str, sender: str,
         loop = asyncio.get_running_loop()
         try:
             signatures = await loop.run_in_executor(ctx.sign_pool, signer.sign, prepared.data)
+        except DkimMessageError as err:
+            raise Refused("bad_message", f"550 5.6.0 Message cannot be signed as sent: "
+                          f"{err}") from None
         except DkimError as err:
             log.error("dkim signing failed", extra=fields(queue_id=queue_id, error=str(err)))
             raise Refused("dkim_failed", "451 4.3.0 Could not sign the message; try again "

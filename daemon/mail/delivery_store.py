@@ -1,0 +1,148 @@
+"""SQL for delivery: claim due recipients under a lease, record attempt results, and the
+delivery log. No SMTP knowledge here.
+
+Claims use FOR UPDATE SKIP LOCKED, so nodes sharing the database take disjoint work, and
+a lease, so work claimed by a node that died becomes due again when the lease runs out.
+Results are written only while this node still holds the lease: a node that stalled
+past its lease cannot overwrite what the node that took over has recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+FINAL = ("delivered", "bounced", "expired")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    message_id: str
+    idx: int
+    recipient: str
+    domain: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ClaimedMessage:
+    id: str
+    sender: str
+    data: bytes
+    smtputf8: bool
+    body_8bit: bool
+    received_at: datetime
+    dsn_ret: str | None
+    dsn_envid: str | None
+
+
+@dataclass(frozen=True)
+class Result:
+    message_id: str
+    idx: int
+    status: str                  # delivered | deferred | bounced | expired
+    next_attempt_at: datetime | None
+    code: int
+    response: str
+    detail: dict[str, Any]
+
+
+async def claim(pool: asyncpg.Pool, *, owner: str, lease: float, limit: int
+                ) -> tuple[list[Claimed], dict[str, ClaimedMessage]]:
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            """
+            WITH due AS (
+                SELECT message_id, idx FROM mail_recipients
+                WHERE (status IN ('queued', 'deferred') AND next_attempt_at <= now())
+                   OR (status = 'delivering' AND lease_until < now())
+                ORDER BY next_attempt_at
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED)
+            UPDATE mail_recipients r
+               SET status = 'delivering', lease_owner = $1,
+                   lease_until = now() + make_interval(secs => $2), updated_at = now()
+              FROM due
+             WHERE r.message_id = due.message_id AND r.idx = due.idx
+            RETURNING r.message_id, r.idx, r.recipient, r.domain, r.attempts
+            """, owner, lease, limit)
+        claimed = [Claimed(r["message_id"], r["idx"], r["recipient"], r["domain"],
+                           r["attempts"]) for r in rows]
+        if not claimed:
+            return [], {}
+        messages = await conn.fetch(
+            "SELECT id, sender, data, smtputf8, body_8bit, received_at, dsn_ret, dsn_envid "
+            "FROM mail_messages WHERE id = ANY($1::text[])",
+            list({c.message_id for c in claimed}))
+    return claimed, {m["id"]: ClaimedMessage(m["id"], m["sender"], bytes(m["data"]),
+                                             m["smtputf8"], m["body_8bit"], m["received_at"],
+                                             m["dsn_ret"], m["dsn_envid"]) for m in messages}
+
+
+async def record(pool: asyncpg.Pool, *, owner: str, results: Sequence[Result]) -> int:
+    """Store attempt results (and their log events) in one transaction; returns how many
+    recipients were still ours to update."""
+    if not results:
+        return 0
+    async with pool.acquire() as conn, conn.transaction():
+        updated = await conn.fetch(
+            """
+            UPDATE mail_recipients r
+               SET status = u.status,
+                   attempts = r.attempts + 1,
+                   next_attempt_at = COALESCE(u.next_at, r.next_attempt_at),
+                   lease_owner = NULL, lease_until = NULL,
+                   last_attempt_at = now(), last_code = u.code, last_response = u.response,
+                   updated_at = now()
+              FROM unnest($2::text[], $3::int[], $4::text[], $5::timestamptz[], $6::int[],
+                          $7::text[]) AS u(message_id, idx, status, next_at, code, response)
+             WHERE r.message_id = u.message_id AND r.idx = u.idx
+               AND r.status = 'delivering' AND r.lease_owner = $1
+            RETURNING r.message_id, r.idx
+            """, owner, [r.message_id for r in results], [r.idx for r in results],
+            [r.status for r in results], [r.next_attempt_at for r in results],
+            [r.code for r in results], [r.response for r in results])
+        mine = {(row["message_id"], row["idx"]) for row in updated}
+        events = [r for r in results if (r.message_id, r.idx) in mine]
+        await conn.executemany(
+            "INSERT INTO mail_events (message_id, recipient_idx, event, detail) "
+            "VALUES ($1, $2, $3, $4)",
+            [(r.message_id, r.idx, r.status, {"code": r.code, "response": r.response,
+                                              **r.detail}) for r in events])
+        await conn.execute(
+            """
+            UPDATE mail_messages m SET done_at = now()
+             WHERE m.id = ANY($1::text[]) AND m.done_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM mail_recipients r WHERE r.message_id = m.id
+                               AND r.status NOT IN ('delivered', 'bounced', 'expired'))
+            """, list({r.message_id for r in events}))
+    return len(mine)
+
+
+async def release(pool: asyncpg.Pool, *, owner: str, claimed: Sequence[Claimed]) -> None:
+    """Give claims back untouched (shutting down before attempting them)."""
+    if not claimed:
+        return
+    await pool.execute(
+        """
+        UPDATE mail_recipients r
+           SET status = CASE WHEN r.attempts = 0 THEN 'queued' ELSE 'deferred' END,
+               lease_owner = NULL, lease_until = NULL, updated_at = now()
+          FROM unnest($2::text[], $3::int[]) AS u(message_id, idx)
+         WHERE r.message_id = u.message_id AND r.idx = u.idx AND r.lease_owner = $1
+        """, owner, [c.message_id for c in claimed], [c.idx for c in claimed])
+
+
+async def next_due(pool: asyncpg.Pool) -> datetime | None:
+    """When the earliest waiting recipient becomes due (for the idle wait)."""
+    return await pool.fetchval(
+        "SELECT min(next_attempt_at) FROM mail_recipients "
+        "WHERE status IN ('queued', 'deferred')")
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

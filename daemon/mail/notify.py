@@ -1,0 +1,63 @@
+"""Tells senders what became of their mail: recipients that bounced or expired become
+one RFC 3464 notification per message, queued (signed, retried) like any other mail with
+the null sender, so a notification can never trigger another one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from daemon.logs import fields, get_logger
+from daemon.mail.bounce import RecipientStatus, build_dsn, should_notify
+from daemon.mail.delivery import Final
+from daemon.mail.intake import IntakeContext
+from daemon.mail.message import MessageRejected
+from daemon.mail.submit import Refused, submit_local
+
+log = get_logger("delivery")
+
+
+class Notifier:
+    def __init__(self, context: Callable[[], IntakeContext | None], *, hostname: str,
+                 postmaster: str | None) -> None:
+        self._context = context
+        self.hostname = hostname
+        self.postmaster = postmaster or f"postmaster@{hostname}"
+
+    async def __call__(self, finals: Sequence[Final]) -> None:
+        context = self._context()
+        if context is None:
+            log.error("cannot send delivery status notifications: mail intake is not running")
+            return
+        now = time.time()
+        for message, entries in finals:
+            statuses = [
+                RecipientStatus(
+                    recipient=claimed.recipient, original_recipient=None, action="failed",
+                    status=outcome.status if status == "bounced" else "4.4.7",
+                    remote_mta=outcome.remote.split("[", 1)[0] if outcome.remote else None,
+                    diagnostic=f"{outcome.code} {outcome.response}" if outcome.remote else
+                    outcome.response,
+                    last_attempt=now, will_retry_until=None)
+                for claimed, outcome, status in entries
+                if should_notify(envelope_sender=message.sender, notify=None, action="failed")]
+            if not statuses:
+                continue
+            try:
+                dsn = build_dsn(
+                    original=message.data, envelope_sender=message.sender,
+                    recipients=statuses, reporting_mta=self.hostname,
+                    postmaster=self.postmaster, queue_id=message.id,
+                    arrival=message.received_at.timestamp(), now=now,
+                    envid=message.dsn_envid, ret=message.dsn_ret,  # type: ignore[arg-type]
+                    message_id_domain=self.hostname)
+                queue_id = await submit_local(context, sender="", recipients=[message.sender],
+                                              message=dsn)
+            except (Refused, MessageRejected, ValueError) as err:
+                log.error("could not queue a delivery status notification", extra=fields(
+                    queue_id=message.id, sender=message.sender, error=str(err)))
+                continue
+            log.info("queued delivery status notification", extra=fields(
+                queue_id=message.id, notification=queue_id, to=message.sender,
+                recipients=len(statuses)))
