@@ -80,6 +80,9 @@ class DeliveryWorker:
         self._wakeup.set()
 
     async def start(self) -> None:
+        if not self.settings.delivery.enabled:
+            log.info("delivery disabled on this node (delivery.enabled = false)")
+            return
         self._task = asyncio.create_task(self._run(), name="delivery")
 
     async def stop(self) -> None:

@@ -113,6 +113,15 @@ class IntakeHandler:
 
     @staticmethod
     def client_ip(session: Session) -> str:
+        """The client's address (IPv4-mapped IPv6 unwrapped), worked out once per session."""
+        known: str | None = getattr(session, "egen_client_ip", None)
+        if known is not None:
+            return known
+        session.egen_client_ip = IntakeHandler._parse_peer(session)  # type: ignore[attr-defined]
+        return session.egen_client_ip  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _parse_peer(session: Session) -> str:
         peer = session.peer
         host = peer[0] if isinstance(peer, tuple) else str(peer)
         try:
@@ -124,7 +133,11 @@ class IntakeHandler:
         return str(address)
 
     def trusted(self, session: Session) -> bool:
-        return in_networks(self.client_ip(session), self.networks)
+        known: bool | None = getattr(session, "egen_trusted", None)
+        if known is None:
+            known = in_networks(self.client_ip(session), self.networks)
+            session.egen_trusted = known  # type: ignore[attr-defined]
+        return known
 
     @staticmethod
     def user(session: Session) -> User | None:

@@ -86,6 +86,9 @@ class SmtpServer:
         self._servers: list[asyncio.Server] = []
         self._sessions: set[EgenSMTP] = set()
         self._refused_count = 0
+        # One handler per listener (it keeps no per-connection state); rebuilt when a
+        # reload brings a new context.
+        self._handlers: dict[int, IntakeHandler] = {}
         self._in_data = 0
         self._no_data = asyncio.Event()
         self._no_data.set()
@@ -153,7 +156,10 @@ class SmtpServer:
             self.refused.set(self._refused_count)
             return _Refuse(f"421 4.7.0 {self.settings.hostname} Too many connections; "
                            f"try again later\r\n")
-        handler = IntakeHandler(listener, self.context, self.credentials)
+        handler = self._handlers.get(id(listener))
+        if handler is None or handler.context is not self.context:
+            handler = self._handlers[id(listener)] = IntakeHandler(listener, self.context,
+                                                                   self.credentials)
         session = _TrackedSMTP(
             self, handler, allow_auth=listener.auth != "none",
             data_size_limit=smtp.max_message_size, enable_SMTPUTF8=True,

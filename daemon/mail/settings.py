@@ -169,6 +169,8 @@ class DkimSettings:
 
 @dataclass(frozen=True)
 class DeliverySettings:
+    # false: this node only accepts mail; other nodes sharing the database deliver it.
+    enabled: bool = True
     # Port of MX hosts (25; tests point it at unprivileged ports).
     port: int = 25
     # DNS servers for MX lookups ("10.0.0.2", "127.0.0.1:5353"); empty: /etc/resolv.conf.

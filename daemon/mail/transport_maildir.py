@@ -16,14 +16,17 @@ from pathlib import Path
 from daemon.mail.outcome import Outcome
 
 _counter = 0
+_ready: set[Path] = set()   # maildirs whose tmp/new/cur exist, so not re-created per message
 
 
 def deliver(path: Path, queue_id: str, recipients: list[tuple[int, str]],
             data: bytes) -> list[Outcome]:
     global _counter  # noqa: PLW0603 - unique names within this process
     try:
-        for sub in ("tmp", "new", "cur"):
-            (path / sub).mkdir(parents=True, exist_ok=True)
+        if path not in _ready:
+            for sub in ("tmp", "new", "cur"):
+                (path / sub).mkdir(parents=True, exist_ok=True)
+            _ready.add(path)
     except OSError as err:
         return [Outcome(i, "deferred", 451, f"4.3.0 cannot create maildir {path}: "
                         f"{err.strerror}", str(path)) for i, _ in recipients]
