@@ -245,3 +245,26 @@ def test_handler_hooks_are_spelled_as_aiosmtpd_expects() -> None:
     hooks = {name for name in dir(IntakeHandler) if name.startswith("handle_")}
     assert hooks == {"handle_EHLO", "handle_MAIL", "handle_RCPT", "handle_DATA",
                      "handle_exception"}
+
+
+async def test_one_client_connecting_does_not_shrink_anothers_mail_limit(app: App) -> None:
+    # After EHLO, MAIL may be longer than 512 octets (SIZE and SMTPUTF8 parameters).
+    reader, writer = await asyncio.open_connection("127.0.0.1", port(app, 0))
+    await reader.readline()
+    writer.write(b"EHLO first.test\r\n")
+    while not (await reader.readline()).startswith(b"250 "):
+        pass
+    other_reader, other_writer = await asyncio.open_connection("127.0.0.1", port(app, 0))
+    await other_reader.readline()   # a second session has started meanwhile
+    local = "a" * 60
+    domain = ".".join(["d" * 60] * 7) + ".example.com"
+    line = f"MAIL FROM:<{local}@{domain}> SIZE=1000 BODY=8BITMIME SMTPUTF8\r\n".encode()
+    assert 512 < len(line) - 2 < 548
+    writer.write(line)
+    reply = await reader.readline()
+    # The line got past the length check and reached the sender policy (its domain is
+    # too long for RFC 5321), instead of "500 Command line too long".
+    assert reply.startswith(b"501 5.1.7 Bad sender address: the domain is longer"), reply
+    for w in (writer, other_writer):
+        w.close()
+        await w.wait_closed()

@@ -21,6 +21,7 @@ smuggling and STARTTLS injection, but leaves these to its users:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import re
 from base64 import b64decode
@@ -49,6 +50,10 @@ class EgenSMTP(SMTP):
     def __init__(self, handler: Any, *, allow_auth: bool, **kwargs: Any) -> None:
         if not allow_auth:
             kwargs["auth_exclude_mechanism"] = ["PLAIN", "LOGIN"]
+        # aiosmtpd keeps the per-command line limits in a class-level dict that EHLO
+        # raises and every new connection clears: one client connecting could shrink
+        # another's MAIL limit mid-session. Each session gets its own.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         super().__init__(handler, **kwargs)
         self.allow_auth = allow_auth
         self.implicit_tls = False
