@@ -134,18 +134,22 @@ class EgenSMTP(SMTP):
 
     # -- AUTH -------------------------------------------------------------------------
 
-    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+    async def _first_response(self, args: list[str], challenge: str | bytes) -> bytes | None:
+        """The SASL initial response given with AUTH, or the answer to `challenge`;
+        None when the client aborted or sent bad base64 (already answered)."""
         if len(args) == 1:
-            blob = await self.challenge_auth("")
-            if blob is MISSING:
-                return AuthResult(success=False, handled=True)
-        else:
-            try:
-                blob = b64decode(args[1].encode(), validate=True)
-            except ValueError:
-                await self.push("501 5.5.2 Cannot decode base64")
-                return AuthResult(success=False, handled=True)
-        assert isinstance(blob, bytes)
+            blob = await self.challenge_auth(challenge)
+            return None if blob is MISSING else blob  # type: ignore[return-value]
+        try:
+            return b64decode(args[1].encode(), validate=True)
+        except ValueError:
+            await self.push("501 5.5.2 Cannot decode base64")
+            return None
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        blob = await self._first_response(args, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
         parts = blob.split(b"\x00")
         if len(parts) != 3:
             await self.push("501 5.5.2 AUTH PLAIN needs authzid NUL authcid NUL password")
@@ -153,20 +157,13 @@ class EgenSMTP(SMTP):
         return await self._check_credentials(parts[1], parts[2])
 
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
-        if len(args) == 1:
-            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
-            if login is MISSING:
-                return AuthResult(success=False, handled=True)
-        else:
-            try:
-                login = b64decode(args[1].encode(), validate=True)
-            except ValueError:
-                await self.push("501 5.5.2 Cannot decode base64")
-                return AuthResult(success=False, handled=True)
+        login = await self._first_response(args, self.AuthLoginUsernameChallenge)
+        if login is None:
+            return AuthResult(success=False, handled=True)
         password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
         if password is MISSING:
             return AuthResult(success=False, handled=True)
-        assert isinstance(login, bytes) and isinstance(password, bytes)
+        assert isinstance(password, bytes)
         return await self._check_credentials(login, password)
 
     async def _check_credentials(self, login: bytes, password: bytes) -> AuthResult:
