@@ -268,3 +268,42 @@ async def test_one_client_connecting_does_not_shrink_anothers_mail_limit(app: Ap
     for w in (writer, other_writer):
         w.close()
         await w.wait_closed()
+
+
+async def test_dsn_parameters_are_accepted_and_stored(app: App) -> None:
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port(app, 0)) as client:
+        await client.ehlo()
+        assert client.supports_extension("dsn")
+        await client.mail("app@example.com", options=["RET=HDRS", "ENVID=job+2B42"])
+        await client.rcpt("a@x.test", options=["NOTIFY=SUCCESS,FAILURE",
+                                                "ORCPT=rfc822;alias+40x.test"])
+        await client.rcpt("b@x.test")
+        await client.data(MESSAGE)
+    [row] = await stored(app)
+    assert (row["dsn_ret"], row["dsn_envid"]) == ("HDRS", "job+42")
+    rcpts = await app.database.db.pool.fetch(
+        "SELECT dsn_notify, dsn_orcpt FROM mail_recipients WHERE message_id = $1 "
+        "ORDER BY idx", row["id"])
+    assert [(r["dsn_notify"], r["dsn_orcpt"]) for r in rcpts] == [
+        (["SUCCESS", "FAILURE"], "rfc822;alias@x.test"), (None, None)]
+
+
+@pytest.mark.parametrize(("command", "problem"), [
+    ("MAIL FROM:<app@example.com> RET=ALL", "RET must be FULL or HDRS"),
+    ("MAIL FROM:<app@example.com> RET=FULL RET=HDRS", "RET given twice"),
+    ("MAIL FROM:<app@example.com> ENVID=bad+ZZ", "ENVID"),
+])
+async def test_bad_dsn_parameters_get_501(app: App, command: str, problem: str) -> None:
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port(app, 0)) as client:
+        await client.ehlo()
+        response = await client.execute_command(*command.encode().split(b" "))
+    assert response.code == 501 and response.message.startswith("5.5.4")
+    assert problem in response.message
+
+
+async def test_bad_notify_gets_501(app: App) -> None:
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port(app, 0)) as client:
+        await client.mail("app@example.com")
+        response = await client.execute_command(b"RCPT", b"TO:<a@x.test>",
+                                                b"NOTIFY=NEVER,SUCCESS")
+    assert response.code == 501 and "NOTIFY" in response.message

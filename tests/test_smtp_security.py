@@ -655,7 +655,7 @@ async def test_unterminated_angle_bracket_is_a_syntax_error(
 
 MALFORMED = [
     # "MAIL FROM:<" once raised inside aiosmtpd: a clean syntax reply now.
-    (b"MAIL FROM:<", ("451", "501", "553")),
+    (b"MAIL FROM:<", ("501", "553")),
     (b"MAIL FROM:<\xff\xfe@example.com>", ("501",)),
     (b"MAIL FROM:<\x00@example.com>", ("501",)),
     (b"MAIL FROM:<app@[300.1.1.1]>", ("501",)),
@@ -667,7 +667,8 @@ MALFORMED = [
     (b"HELP \x00", ("501",)),
     (b"VRFY \xc3\x28", ("252",)),
     (b"MAIL FROM:<app@example.com> SMTPUTF8", ("250",)),
-    (b"RCPT TO:<ops@example.org> NOTIFY=NEVER", ("555",)),
+    (b"RCPT TO:<ops@example.org> NOTIFY=NEVER", ("250",)),   # DSN (RFC 3461)
+    (b"RCPT TO:<ops@example.org> NOTIFY=SOMETIMES", ("501",)),
     (b"RCPT TO:<\xff@example.org>", ("501",)),
 ]
 

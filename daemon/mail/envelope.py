@@ -53,6 +53,12 @@ class Envelope:
     message_id: str
     signed_by: tuple[str, ...]       # "d=example.com s=sel a=rsa-sha256" per DKIM signature
     size: int                        # length of the message bytes
+    # RFC 3461 DSN parameters: RET and ENVID of MAIL FROM; NOTIFY (comma-separated) and
+    # ORCPT of each RCPT TO, in recipient order (None where the client gave none).
+    dsn_ret: str | None = None
+    dsn_envid: str | None = None
+    dsn_notify: tuple[str | None, ...] = ()
+    dsn_orcpt: tuple[str | None, ...] = ()
 
     def to_json(self) -> bytes:
         return orjson.dumps({
@@ -61,7 +67,8 @@ class Envelope:
             "client_ip": self.client_ip, "helo": self.helo, "auth_user": self.auth_user,
             "tls": self.tls, "smtputf8": self.smtputf8, "body_8bit": self.body_8bit,
             "message_id": self.message_id, "signed_by": list(self.signed_by),
-            "size": self.size,
+            "size": self.size, "dsn_ret": self.dsn_ret, "dsn_envid": self.dsn_envid,
+            "dsn_notify": list(self.dsn_notify), "dsn_orcpt": list(self.dsn_orcpt),
         })
 
 
@@ -90,7 +97,10 @@ def decode(record: bytes) -> tuple[Envelope, bytes]:
             helo=str(doc["helo"]), auth_user=doc["auth_user"], tls=doc["tls"],
             smtputf8=bool(doc["smtputf8"]), body_8bit=bool(doc["body_8bit"]),
             message_id=str(doc["message_id"]),
-            signed_by=tuple(str(s) for s in doc["signed_by"]), size=int(doc["size"]))
+            signed_by=tuple(str(s) for s in doc["signed_by"]), size=int(doc["size"]),
+            dsn_ret=doc.get("dsn_ret"), dsn_envid=doc.get("dsn_envid"),
+            dsn_notify=tuple(doc.get("dsn_notify") or ()),
+            dsn_orcpt=tuple(doc.get("dsn_orcpt") or ()))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise EnvelopeError(f"mail record envelope is malformed: {err}") from None
     if envelope.size != len(message):

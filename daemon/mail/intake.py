@@ -40,7 +40,7 @@ from daemon.mail.policy import (
 from daemon.mail.ratelimit import FailureLimiter, TokenBucket
 from daemon.mail.settings import ListenerSettings, SmtpSettings
 from daemon.mail.smtpd import EgenSMTP
-from daemon.mail.submit import Origin, Refused, sign_and_queue
+from daemon.mail.submit import DsnRequest, Origin, Refused, sign_and_queue
 
 log = get_logger("smtp")
 maillog = get_logger("maillog")
@@ -156,7 +156,7 @@ class IntakeHandler:
         session.host_name = hostname
         kept = [line for line in responses if line.strip() != "250-AUTH"]
         last = kept.pop()  # "250 HELP"
-        return [*kept, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
+        return [*kept, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN", last]
 
     async def authenticate(self, server: EgenSMTP, session: Session,
                            credentials: LoginPassword) -> tuple[str, User | None]:
@@ -264,9 +264,13 @@ class IntakeHandler:
             sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
             # Shielded: a client that hangs up while the append is in flight does not
             # withdraw it, so the accept must still be counted and logged.
+            per_rcpt = getattr(envelope, "dsn_rcpt", [])
+            dsn = DsnRequest(
+                ret=getattr(envelope, "dsn_ret", None), envid=getattr(envelope, "dsn_envid", None),
+                notify=tuple(n for n, _ in per_rcpt), orcpt=tuple(o for _, o in per_rcpt))
             await asyncio.shield(sign_and_queue(
                 ctx, queue_id=queue_id, sender=sender or "", recipients=envelope.rcpt_tos,
-                prepared=prepared, origin=origin, now=now))
+                prepared=prepared, origin=origin, now=now, dsn=dsn))
         except Refused as refused:
             return self.reject(session, refused.reason, refused.reply, queue_id=queue_id)
         return f"250 2.0.0 Ok: queued as {queue_id}"

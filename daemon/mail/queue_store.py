@@ -59,22 +59,24 @@ def check_storable(envelope: Envelope) -> datetime:
 _INSERT = """
 WITH inserted AS (
     INSERT INTO mail_messages (id, sender, data, size, received_at, client_ip, helo, auth_user,
-                               tls, smtputf8, body_8bit, message_id, signed_by)
+                               tls, smtputf8, body_8bit, message_id, signed_by, dsn_ret,
+                               dsn_envid)
     SELECT m.id, m.sender, m.data, m.size, m.received_at, m.client_ip, m.helo, m.auth_user,
            m.tls, m.smtputf8, m.body_8bit, m.message_id,
-           ARRAY(SELECT jsonb_array_elements_text(m.signed_by::jsonb))
+           ARRAY(SELECT jsonb_array_elements_text(m.signed_by::jsonb)), m.dsn_ret, m.dsn_envid
     FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int4[], $5::timestamptz[],
                 $6::text[], $7::text[], $8::text[], $9::text[], $10::bool[], $11::bool[],
-                $12::text[], $13::text[])
+                $12::text[], $13::text[], $19::text[], $20::text[])
          AS m(id, sender, data, size, received_at, client_ip, helo, auth_user, tls,
-              smtputf8, body_8bit, message_id, signed_by)
+              smtputf8, body_8bit, message_id, signed_by, dsn_ret, dsn_envid)
     ON CONFLICT (id) DO NOTHING
     RETURNING id, received_at
 ), recipients AS (
-    INSERT INTO mail_recipients (message_id, idx, recipient, domain)
-    SELECT r.message_id, r.idx, r.recipient, r.domain
-    FROM unnest($14::text[], $15::int4[], $16::text[], $17::text[])
-         AS r(message_id, idx, recipient, domain)
+    INSERT INTO mail_recipients (message_id, idx, recipient, domain, dsn_notify, dsn_orcpt)
+    SELECT r.message_id, r.idx, r.recipient, r.domain, string_to_array(r.notify, ','),
+           r.orcpt
+    FROM unnest($14::text[], $15::int4[], $16::text[], $17::text[], $21::text[], $22::text[])
+         AS r(message_id, idx, recipient, domain, notify, orcpt)
     JOIN inserted i ON i.id = r.message_id
 ), events AS (
     INSERT INTO mail_events (message_id, at, event, detail)
@@ -86,6 +88,10 @@ SELECT id FROM inserted
 """
 
 
+def _nth(values: Sequence[str | None], idx: int) -> str | None:
+    return values[idx] if idx < len(values) else None
+
+
 async def insert_messages(db: Db, messages: Sequence[tuple[Envelope, bytes]]) -> list[str]:
     """Store accepted messages, their recipients (all 'queued', due now) and one 'accepted'
     event each, in one statement (so one transaction, one round trip).
@@ -93,9 +99,10 @@ async def insert_messages(db: Db, messages: Sequence[tuple[Envelope, bytes]]) ->
     Idempotent: a queue ID already stored (a journal replay after a crash between commit and
     checkpoint) is skipped with its recipients and event. Returns the IDs inserted now.
     Call `check_storable` on each envelope first."""
-    columns: list[list[Any]] = [[] for _ in range(18)]
+    columns: list[list[Any]] = [[] for _ in range(22)]
     (ids, senders, datas, sizes, received, client_ips, helos, auth_users, tlss, utf8s,
-     eightbits, message_ids, signed_bys, r_ids, r_idxs, r_addrs, r_domains, details) = columns
+     eightbits, message_ids, signed_bys, r_ids, r_idxs, r_addrs, r_domains, details,
+     rets, envids, r_notifies, r_orcpts) = columns
     seen: set[str] = set()
     for envelope, data in messages:
         if envelope.queue_id in seen:        # the same record twice in one batch
@@ -114,11 +121,15 @@ async def insert_messages(db: Db, messages: Sequence[tuple[Envelope, bytes]]) ->
         eightbits.append(envelope.body_8bit)
         message_ids.append(envelope.message_id)
         signed_bys.append(orjson.dumps(list(envelope.signed_by)).decode())
+        rets.append(envelope.dsn_ret)
+        envids.append(envelope.dsn_envid)
         for idx, address in enumerate(envelope.recipients):
             r_ids.append(envelope.queue_id)
             r_idxs.append(idx)
             r_addrs.append(address)
             r_domains.append(recipient_domain(address))
+            r_notifies.append(_nth(envelope.dsn_notify, idx))
+            r_orcpts.append(_nth(envelope.dsn_orcpt, idx))
         details.append(orjson.dumps({
             "sender": envelope.sender, "recipients": list(envelope.recipients),
             "size": len(data), "client_ip": envelope.client_ip,

@@ -25,9 +25,12 @@ import collections
 import logging
 import re
 from base64 import b64decode
+from collections.abc import Callable
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, syntax
+
+from daemon.mail.bounce import parse_envid, parse_notify, parse_orcpt
 
 # aiosmtpd logs every command line at INFO (AUTH included) and deprecation chatter at
 # WARNING; egen logs its own one line per event instead.
@@ -42,6 +45,34 @@ _ENHANCED = {
     "553": "5.1.3", "554": "5.7.0", "555": "5.5.4",
 }
 _END = b".\r\n"
+
+
+_Parser = Callable[[str], str]
+
+
+def _ret(value: str) -> str:
+    if value.upper() not in ("FULL", "HDRS"):
+        raise ValueError("RET must be FULL or HDRS")
+    return value.upper()
+
+
+_DSN_MAIL: dict[str, _Parser] = {"RET": _ret, "ENVID": parse_envid}
+_DSN_RCPT: dict[str, _Parser] = {"NOTIFY": lambda v: ",".join(parse_notify(v)),
+                                 "ORCPT": parse_orcpt}
+
+
+def _path_end(text: str) -> int | None:
+    """Index of the ">" closing a "<path>" at the start of `text` (quote-aware), -1 when
+    the path has no angle brackets, None when the "<" is never closed."""
+    if not text.startswith("<"):
+        return -1
+    quoted = False
+    for i, char in enumerate(text):
+        if char == '"' and text[i - 1] != "\\":
+            quoted = not quoted
+        elif char == ">" and not quoted:
+            return i
+    return None
 
 
 class EgenSMTP(SMTP):
@@ -118,19 +149,73 @@ class EgenSMTP(SMTP):
         text = arg.strip()
         if not text:
             return "", ""
-        if not text.startswith("<"):
+        end = _path_end(text)
+        if end is None:
+            return None, None
+        if end < 0:
             path, _, rest = text.partition(" ")
             return path, rest.strip()
-        quoted = False
-        for i, char in enumerate(text):
-            if char == '"' and text[i - 1] != "\\":
-                quoted = not quoted
-            elif char == ">" and not quoted:
-                path, rest = text[1:i], text[i + 1:].strip()
-                if ":" in path and path.startswith("@"):   # source route: ignore it
-                    path = path.split(":", 1)[1]
-                return (path or "<>"), rest
-        return None, None
+        path, rest = text[1:end], text[end + 1:].strip()
+        if ":" in path and path.startswith("@"):   # source route: ignore it
+            path = path.split(":", 1)[1]
+        return (path or "<>"), rest
+
+    # -- DSN parameters (RFC 3461) ------------------------------------------------------
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        peeled = await self._peel(arg, _DSN_MAIL)
+        if peeled is None:
+            return
+        arg, found = peeled
+        assert self.envelope is not None
+        self.envelope.dsn_ret = found.get("RET")  # type: ignore[attr-defined]
+        self.envelope.dsn_envid = found.get("ENVID")  # type: ignore[attr-defined]
+        await super().smtp_MAIL(arg)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        peeled = await self._peel(arg, _DSN_RCPT)
+        if peeled is None:
+            return
+        arg, found = peeled
+        assert self.envelope is not None
+        before = len(self.envelope.rcpt_tos)
+        await super().smtp_RCPT(arg)
+        if len(self.envelope.rcpt_tos) > before:
+            per_rcpt = getattr(self.envelope, "dsn_rcpt", [])
+            per_rcpt += [(None, None)] * (before - len(per_rcpt))
+            per_rcpt.append((found.get("NOTIFY"), found.get("ORCPT")))
+            self.envelope.dsn_rcpt = per_rcpt  # type: ignore[attr-defined]
+
+    async def _peel(self, arg: str | None, keys: dict[str, _Parser]
+                    ) -> tuple[str | None, dict[str, str]] | None:
+        """Take the DSN parameters out of a MAIL/RCPT argument (aiosmtpd refuses any it
+        does not know) and check them; None when a bad one was answered with 501."""
+        if arg is None or "=" not in arg:
+            return arg, {}
+        head, _, tail = arg.partition(":")
+        end = _path_end(tail.strip())
+        if end is None or end < 0:
+            return arg, {}
+        stripped = tail.strip()
+        path, params = stripped[:end + 1], stripped[end + 1:].split()
+        kept, found = [], {}
+        for param in params:
+            key, eq, value = param.partition("=")
+            parser = keys.get(key.upper())
+            if parser is None or not eq:
+                kept.append(param)
+                continue
+            if key.upper() in found:
+                await self.push(f"501 5.5.4 {key.upper()} given twice")
+                return None
+            try:
+                found[key.upper()] = parser(value)
+            except ValueError as err:
+                await self.push(f"501 5.5.4 Bad {key.upper()} parameter: {err}")
+                return None
+        return f"{head}:{path} {' '.join(kept)}".rstrip(), found
 
     # -- AUTH -------------------------------------------------------------------------
 

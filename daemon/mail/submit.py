@@ -45,9 +45,19 @@ class Origin:
     body_8bit: bool
 
 
+@dataclass(frozen=True)
+class DsnRequest:
+    """RFC 3461 parameters the client gave: RET/ENVID, and NOTIFY/ORCPT per recipient."""
+
+    ret: str | None = None
+    envid: str | None = None
+    notify: tuple[str | None, ...] = ()
+    orcpt: tuple[str | None, ...] = ()
+
+
 async def sign_and_queue(ctx: IntakeContext, *, queue_id: str, sender: str,
                          recipients: Sequence[str], prepared: PreparedMessage, origin: Origin,
-                         now: float) -> queue_record.Envelope:
+                         now: float, dsn: DsnRequest | None = None) -> queue_record.Envelope:
     """Durable when it returns; raises Refused (nothing stored) otherwise."""
     signer = ctx.keyring.signer_for(prepared.from_domain)
     if signer is None and ctx.refuse_unsigned:
@@ -70,7 +80,9 @@ async def sign_and_queue(ctx: IntakeContext, *, queue_id: str, sender: str,
         queue_id=queue_id, sender=sender, recipients=tuple(recipients), received_at=now,
         client_ip=origin.client_ip, helo=origin.helo, auth_user=origin.auth_user,
         tls=origin.tls, smtputf8=origin.smtputf8, body_8bit=origin.body_8bit,
-        message_id=prepared.message_id, signed_by=signed_by(signatures), size=len(message))
+        message_id=prepared.message_id, signed_by=signed_by(signatures), size=len(message),
+        dsn_ret=dsn.ret if dsn else None, dsn_envid=dsn.envid if dsn else None,
+        dsn_notify=dsn.notify if dsn else (), dsn_orcpt=dsn.orcpt if dsn else ())
     try:
         await ctx.journal.append(queue_record.encode(record, message))
     except JournalFull:
