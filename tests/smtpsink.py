@@ -30,6 +30,7 @@ class SinkHandler:
     greeting_refusal: str | None = None
     messages: list[Received] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    stalled: asyncio.Event = field(default_factory=asyncio.Event)
     connections: int = 0
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
@@ -44,6 +45,7 @@ class SinkHandler:
             server.transport.close()
             return "421 4.4.2 closing"
         if rule == "stall":
+            self.stalled.set()
             await asyncio.Event().wait()
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"

@@ -228,3 +228,31 @@ async def test_a_dead_nodes_lease_is_taken_over(tmp_path: Path, pg_url: str,
         await app.delivery.start()
         await wait_status(app, queue_id, {"ops@example.org": "delivered"})
     assert len(world.mx1.handler.messages) == 1
+
+
+@pytest.mark.slow
+async def test_work_of_a_killed_process_is_delivered_by_another(tmp_path: Path, pg_url: str,
+                                                                world: World) -> None:
+    import signal
+
+    from tests.daemonproc import DaemonProcess
+
+    world.mx1.handler.rules["ops@example.org"] = "stall"   # the first node hangs in RCPT
+    settings = mx_config(tmp_path, pg_url, world, 'poll_interval = "100ms"\nlease = "2s"\n')
+    first = DaemonProcess(settings.source)
+    try:
+        await first.start()
+        match = await first.wait_for_line(r"msg=listening proto=smtp address=127\.0\.0\.1:(\d+)")
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=int(match.group(1))) as client:
+            _, reply = await client.sendmail("app@example.com", ["ops@example.org"], MESSAGE)
+        queue_id = reply.rsplit(" ", 1)[1]
+        await asyncio.wait_for(world.mx1.handler.stalled.wait(), 20)
+        first.signal(signal.SIGKILL)
+        assert await first.wait() == -signal.SIGKILL
+    finally:
+        await first.close()
+    world.mx1.handler.rules.clear()
+    async with started_app(settings) as app:
+        assert await statuses(app, queue_id) == {"ops@example.org": "delivering"}
+        await wait_status(app, queue_id, {"ops@example.org": "delivered"})
+    assert [m.recipients for m in world.mx1.handler.messages] == [["ops@example.org"]]
