@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import asyncpg
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from daemon.config import Settings
 from daemon.logs import fields, get_logger
@@ -25,7 +27,7 @@ from daemon.mail import transport_maildir
 from daemon.mail.mx import MxResolver
 from daemon.mail.outcome import Outcome
 from daemon.mail.retry import RetryPolicy, next_attempt
-from daemon.mail.routing import Router
+from daemon.mail.routing import Route, Router
 from daemon.mail.transport_smtp import Job, SmtpTransport
 
 log = get_logger("delivery")
@@ -33,6 +35,8 @@ maillog = get_logger("maillog")
 
 Final = tuple[store.ClaimedMessage, list[tuple[store.Claimed, Outcome, str]]]
 BounceHook = Callable[[Sequence[Final]], Awaitable[None]]
+Group = tuple[list[store.Result], list[Final]]     # one group's results, and its finals
+T = TypeVar("T")
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
@@ -45,10 +49,33 @@ class DeliveryMetrics:
                                  "From acceptance to successful delivery.",
                                  buckets=(0.1, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 21600, 86400),
                                  registry=registry)
+        self.queue = Gauge("egen_delivery_queue_recipients",
+                           "Recipients waiting in the queue (shared by all nodes) by status: "
+                           "queued, deferred, delivering; refreshed every few seconds by "
+                           "each delivering node.", ["status"], registry=registry)
+        self.connections = Gauge("egen_delivery_connections",
+                                 "Open outgoing SMTP connections by destination host (idle "
+                                 "ones kept for reuse included; hosts with none are not "
+                                 "listed).", ["destination"], registry=registry)
+        self.in_flight = Gauge("egen_delivery_in_flight_recipients",
+                               "Recipients this node has claimed and not yet recorded.",
+                               registry=registry)
 
 
 class DeliveryWorker:
+    """A loop that claims due work (up to `delivery.batch` recipients in flight), delivers
+    each (message, route) group of a claim concurrently, and records the claim's results
+    in one statement once its groups are done. Under load, work queued meanwhile makes the
+    next claim bigger, so claims and records stay few per message. A group still running
+    after `linger` seconds (a slow or stalled destination) goes on by itself and records
+    its results when it ends, together with any others ending then: it holds up its own
+    recipients, not the next claim."""
+
     name = "delivery"
+    # How often the queue gauges are refreshed (and idle connections pruned), seconds.
+    gauge_interval = 5.0
+    # How long a claim waits for its slowest groups before the loop moves on, seconds.
+    linger = 1.0
 
     def __init__(self, settings: Settings, pool: Callable[[], asyncpg.Pool],
                  owner: Callable[[], str], registry: CollectorRegistry,
@@ -64,16 +91,24 @@ class DeliveryWorker:
         self.policy = RetryPolicy(first_retry=d.first_retry, max_backoff=d.max_backoff,
                                   lifetime=d.lifetime, delay_warning=d.delay_warning)
         self.router = Router(list(settings.routes))
+        self._routes: dict[str, Route] = {}
         self.transport = SmtpTransport(
             helo=settings.hostname, port=d.port,
             resolver=MxResolver(nameservers=d.nameservers, timeout=d.dns_timeout),
             connect_timeout=d.connect_timeout, command_timeout=d.command_timeout,
-            concurrency=d.concurrency, per_destination=d.per_destination)
+            concurrency=d.concurrency, per_destination=d.per_destination,
+            connections=self.metrics.connections)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._outage = False
-        self.idle = asyncio.Event()   # set whenever a claim found nothing due (tests, ops)
+        self._in_flight = 0                          # claimed, not yet recorded
+        self._groups: set[asyncio.Task[Any]] = set()
+        self._done: list[Group] = []
+        self._flushing = False
+        self._gauges_at = -math.inf
+        # Set when a claim found nothing due and every claimed recipient is recorded.
+        self.idle = asyncio.Event()
 
     def wake(self) -> None:
         """New mail was queued: look for work now instead of at the next poll."""
@@ -99,68 +134,172 @@ class DeliveryWorker:
 
     async def _run(self) -> None:
         d = self.settings.delivery
-        while not self._stopping:
-            self._wakeup.clear()
-            try:
-                claimed, messages = await store.claim(self._pool(), owner=self._owner(),
-                                                      lease=d.lease, limit=d.batch)
-            except _DB_ERRORS as err:
-                if not self._outage:
-                    log.warning("cannot claim delivery work; retrying", extra=fields(
-                        error=f"{type(err).__name__}: {err}"))
-                    self._outage = True
-                await self._sleep(d.poll_interval)
-                continue
-            if self._outage:
-                log.info("delivery claims work again")
-                self._outage = False
-            if not claimed:
-                self.idle.set()
-                await self._sleep(d.poll_interval)
-                continue
-            self.idle.clear()
-            await self._deliver(claimed, messages)
+        # Claim again only for a worthwhile batch, unless nothing is in flight.
+        least = max(1, d.batch // 10)
+        try:
+            while not self._stopping:
+                await self._refresh_gauges()
+                room = d.batch - self._in_flight
+                if room < least and self._in_flight:
+                    self._wakeup.clear()
+                    await self._sleep(d.poll_interval)   # woken when results are recorded
+                    continue
+                self._wakeup.clear()
+                try:
+                    claimed, messages = await store.claim(self._pool(), owner=self._owner(),
+                                                          lease=d.lease, limit=room)
+                except _DB_ERRORS as err:
+                    if not self._outage:
+                        log.warning("cannot claim delivery work; retrying", extra=fields(
+                            error=f"{type(err).__name__}: {err}"))
+                        self._outage = True
+                    await self._sleep(d.poll_interval)
+                    continue
+                if self._outage:
+                    log.info("delivery claims work again")
+                    self._outage = False
+                if not claimed:
+                    if not self._in_flight:
+                        self.idle.set()
+                    await self._sleep(d.poll_interval)
+                    continue
+                self.idle.clear()
+                groups = self._dispatch(claimed, messages)
+                done, slow = await asyncio.wait(groups, timeout=self.linger)
+                self._done.extend(task.result() for task in done)
+                for task in slow:
+                    self._spawn(self._late(task))
+                await self._flush()
+        except asyncio.CancelledError:      # stop() ran out of time: abandon the attempts
+            for task in list(self._groups):
+                task.cancel()
+            raise
+        finally:
+            # Draining: the groups still running end and record (cancelled, if stop()
+            # gives up on them: gather passes the cancellation on).
+            await asyncio.gather(*self._groups, return_exceptions=True)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), seconds)
 
-    async def _deliver(self, claimed: list[store.Claimed],
-                       messages: dict[str, store.ClaimedMessage]) -> None:
+    async def _refresh_gauges(self) -> None:
+        """Queue sizes for the gauges (one query at most every gauge_interval), and idle
+        connections closed when they are past their keepalive."""
+        now = asyncio.get_running_loop().time()
+        if now - self._gauges_at < self.gauge_interval:
+            return
+        self._gauges_at = now
+        self.transport.prune()
+        self.metrics.in_flight.set(self._in_flight)
+        try:
+            # Each half is answered from its partial index (see the 0002 migration).
+            rows = await self._pool().fetch(
+                "SELECT status, count(*) FROM mail_recipients "
+                "WHERE status IN ('queued', 'deferred') GROUP BY status "
+                "UNION ALL SELECT 'delivering', count(*) FROM mail_recipients "
+                "WHERE status = 'delivering'")
+        except _DB_ERRORS:
+            return      # the claim reports the outage
+        counts = {row[0]: row[1] for row in rows}
+        for status in ("queued", "deferred", "delivering"):
+            self.metrics.queue.labels(status).set(counts.get(status, 0))
+
+    def route(self, domain: str) -> Route:
+        """The route of a recipient domain (memoized: routes only change with a restart)."""
+        found = self._routes.get(domain)
+        if found is None:
+            if len(self._routes) >= 10000:
+                self._routes.clear()
+            found = self._routes[domain] = self.router.route(domain)
+        return found
+
+    def _dispatch(self, claimed: list[store.Claimed],
+                  messages: dict[str, store.ClaimedMessage]) -> list[asyncio.Task[Group]]:
+        """One task per (message, route, MX domain) group."""
         groups: dict[tuple[str, str, str], list[store.Claimed]] = defaultdict(list)
         for item in claimed:
-            route = self.router.route(item.domain)
+            route = self.route(item.domain)
             target = item.domain if route.settings.transport == "mx" else ""
             groups[(item.message_id, route.key, target)].append(item)
-        results = await asyncio.gather(*(
-            self._attempt(messages[mid], items) for (mid, _, _), items in groups.items()))
+        self._in_flight += len(claimed)
+        self.metrics.in_flight.set(self._in_flight)
+        return [self._spawn(self._deliver(messages[mid], items))
+                for (mid, _, _), items in groups.items()]
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.create_task(coro)
+        self._groups.add(task)
+        task.add_done_callback(self._groups.discard)
+        return task
+
+    async def _late(self, task: asyncio.Task[Group]) -> None:
+        """A slow group: record its results when it ends."""
+        self._done.append(await task)
+        await self._flush()
+
+    async def _deliver(self, message: store.ClaimedMessage,
+                       items: list[store.Claimed]) -> Group:
+        """Attempt one group; its results (to record) and final failures (to notify)."""
+        try:
+            return await self._deliver_group(message, items)
+        except Exception:    # a bug: the lease runs out and the recipients are tried again
+            log.exception("delivery failed", extra=fields(queue_id=message.id))
+            self._in_flight -= len(items)
+            return [], []
+
+    async def _deliver_group(self, message: store.ClaimedMessage,
+                             items: list[store.Claimed]) -> Group:
+        outcomes = await self._attempt(message, items)
         now = datetime.now(UTC)
+        by_idx = {o.idx: o for o in outcomes}
         rows: list[store.Result] = []
-        finals: dict[str, list[tuple[store.Claimed, Outcome, str]]] = defaultdict(list)
-        for items, outcomes in zip(groups.values(), results, strict=True):
-            by_idx = {o.idx: o for o in outcomes}
-            for item in items:
-                outcome = by_idx[item.idx]
-                message = messages[item.message_id]
-                status, next_at = self._decide(item, message, outcome, now)
-                self.metrics.results.labels(status).inc()
-                if status == "delivered":
-                    self.metrics.latency.observe((now - message.received_at).total_seconds())
-                if status in ("bounced", "expired"):
-                    finals[item.message_id].append((item, outcome, status))
-                rows.append(store.Result(item.message_id, item.idx, status, next_at,
-                                         outcome.code, outcome.response,
-                                         {"remote": outcome.remote, "tls": outcome.tls}))
-                maillog.info(status, extra=fields(
-                    queue_id=item.message_id, to=item.recipient, relay=outcome.remote or "none",
-                    tls=outcome.tls or "none", attempts=item.attempts + 1,
-                    reply=f"{outcome.code} {outcome.response}"))
-        await self._record(rows)
-        if finals and self.on_final is not None:
-            try:
-                await self.on_final([(messages[mid], entries) for mid, entries in finals.items()])
-            except Exception:
-                log.exception("could not queue delivery status notifications")
+        finals: list[tuple[store.Claimed, Outcome, str]] = []
+        for item in items:
+            outcome = by_idx[item.idx]
+            status, next_at = self._decide(item, message, outcome, now)
+            self.metrics.results.labels(status).inc()
+            if status == "delivered":
+                self.metrics.latency.observe((now - message.received_at).total_seconds())
+            if status in ("bounced", "expired"):
+                finals.append((item, outcome, status))
+            rows.append(store.Result(item.message_id, item.idx, status, next_at,
+                                     outcome.code, outcome.response,
+                                     {"remote": outcome.remote, "tls": outcome.tls}))
+            maillog.info(status, extra=fields(
+                queue_id=item.message_id, to=item.recipient, relay=outcome.remote or "none",
+                tls=outcome.tls or "none", attempts=item.attempts + 1,
+                reply=f"{outcome.code} {outcome.response}"))
+        return rows, [(message, finals)] if finals else []
+
+    async def _flush(self) -> None:
+        """Record the finished groups' results in one statement. One caller at a time
+        records; it goes on with whatever other groups finished meanwhile until none is
+        left, while those callers just leave their results to it (a group commit)."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            while self._done:
+                done, self._done = self._done, []
+                rows = [row for group_rows, _ in done for row in group_rows]
+                finals: dict[str, Final] = {}      # one notification per message
+                for _, group_finals in done:
+                    for message, entries in group_finals:
+                        finals.setdefault(message.id, (message, []))[1].extend(entries)
+                try:
+                    await self._record(rows)
+                finally:
+                    self._in_flight -= len(rows)
+                    self.metrics.in_flight.set(self._in_flight)
+                    self._wakeup.set()      # room for the next claim
+                if finals and self.on_final is not None:
+                    try:
+                        await self.on_final(list(finals.values()))
+                    except Exception:
+                        log.exception("could not queue delivery status notifications")
+        finally:
+            self._flushing = False
 
     def _decide(self, item: store.Claimed, message: store.ClaimedMessage, outcome: Outcome,
                 now: datetime) -> tuple[str, datetime | None]:
@@ -191,7 +330,7 @@ class DeliveryWorker:
 
     async def _attempt(self, message: store.ClaimedMessage,
                        items: list[store.Claimed]) -> list[Outcome]:
-        route = self.router.route(items[0].domain).settings
+        route = self.route(items[0].domain).settings
         job = Job(queue_id=message.id, sender=message.sender,
                   recipients=[(i.idx, i.recipient) for i in items], data=message.data,
                   smtputf8=message.smtputf8, body_8bit=message.body_8bit)

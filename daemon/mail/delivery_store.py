@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 FINAL = ("delivered", "bounced", "expired")
 
@@ -51,76 +52,101 @@ class Result:
     detail: dict[str, Any]
 
 
+_CLAIM = """
+WITH due AS (
+    SELECT message_id, idx FROM mail_recipients
+    WHERE (status IN ('queued', 'deferred') AND next_attempt_at <= now())
+       OR (status = 'delivering' AND lease_until < now())
+    ORDER BY next_attempt_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE mail_recipients r
+       SET status = 'delivering', lease_owner = $1,
+           lease_until = now() + make_interval(secs => $2), updated_at = now()
+      FROM due
+     WHERE r.message_id = due.message_id AND r.idx = due.idx
+    RETURNING r.message_id, r.idx, r.recipient, r.domain, r.attempts
+)
+SELECT m.id, m.sender, m.data, m.smtputf8, m.body_8bit, m.received_at, m.dsn_ret,
+       m.dsn_envid, array_agg(c.idx ORDER BY c.idx) AS idxs,
+       array_agg(c.recipient ORDER BY c.idx) AS recipients,
+       array_agg(c.domain ORDER BY c.idx) AS domains,
+       array_agg(c.attempts ORDER BY c.idx) AS attempts
+  FROM claimed c JOIN mail_messages m ON m.id = c.message_id
+ GROUP BY m.id
+"""
+
+
 async def claim(pool: asyncpg.Pool, *, owner: str, lease: float, limit: int
                 ) -> tuple[list[Claimed], dict[str, ClaimedMessage]]:
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            """
-            WITH due AS (
-                SELECT message_id, idx FROM mail_recipients
-                WHERE (status IN ('queued', 'deferred') AND next_attempt_at <= now())
-                   OR (status = 'delivering' AND lease_until < now())
-                ORDER BY next_attempt_at
-                LIMIT $3
-                FOR UPDATE SKIP LOCKED)
-            UPDATE mail_recipients r
-               SET status = 'delivering', lease_owner = $1,
-                   lease_until = now() + make_interval(secs => $2), updated_at = now()
-              FROM due
-             WHERE r.message_id = due.message_id AND r.idx = due.idx
-            RETURNING r.message_id, r.idx, r.recipient, r.domain, r.attempts
-            """, owner, lease, limit)
-        claimed = [Claimed(r["message_id"], r["idx"], r["recipient"], r["domain"],
-                           r["attempts"]) for r in rows]
-        if not claimed:
-            return [], {}
-        messages = await conn.fetch(
-            "SELECT id, sender, data, smtputf8, body_8bit, received_at, dsn_ret, dsn_envid "
-            "FROM mail_messages WHERE id = ANY($1::text[])",
-            list({c.message_id for c in claimed}))
-    return claimed, {m["id"]: ClaimedMessage(m["id"], m["sender"], bytes(m["data"]),
-                                             m["smtputf8"], m["body_8bit"], m["received_at"],
-                                             m["dsn_ret"], m["dsn_envid"]) for m in messages}
+    """Claim up to `limit` due recipients (and read their messages, each once) in one
+    statement: one round trip, atomic without an explicit transaction."""
+    rows = await pool.fetch(_CLAIM, owner, lease, limit)
+    claimed: list[Claimed] = []
+    messages: dict[str, ClaimedMessage] = {}
+    for m in rows:
+        messages[m["id"]] = ClaimedMessage(m["id"], m["sender"], bytes(m["data"]),
+                                           m["smtputf8"], m["body_8bit"], m["received_at"],
+                                           m["dsn_ret"], m["dsn_envid"])
+        claimed.extend(Claimed(m["id"], idx, recipient, domain, attempts)
+                       for idx, recipient, domain, attempts in zip(
+                           m["idxs"], m["recipients"], m["domains"], m["attempts"],
+                           strict=True))
+    return claimed, messages
+
+
+# One statement (one round trip, atomic): update the recipients still leased to `owner`,
+# log an event for each of them in the order given, and mark messages done whose every
+# recipient is now final. The statement's CTEs all see the snapshot from before the update,
+# so "every recipient final" is: the ones just updated are final, and no other is pending.
+_RECORD = """
+WITH u AS (
+    SELECT * FROM unnest($2::text[], $3::int[], $4::text[], $5::timestamptz[], $6::int[],
+                         $7::text[], $8::text[])
+           WITH ORDINALITY AS u(message_id, idx, status, next_at, code, response, detail, n)
+), updated AS (
+    UPDATE mail_recipients r
+       SET status = u.status,
+           attempts = r.attempts + 1,
+           next_attempt_at = COALESCE(u.next_at, r.next_attempt_at),
+           lease_owner = NULL, lease_until = NULL,
+           last_attempt_at = now(), last_code = u.code, last_response = u.response,
+           updated_at = now()
+      FROM u
+     WHERE r.message_id = u.message_id AND r.idx = u.idx
+       AND r.status = 'delivering' AND r.lease_owner = $1
+    RETURNING r.message_id, r.idx, r.status
+), events AS (
+    INSERT INTO mail_events (message_id, recipient_idx, event, detail)
+    SELECT u.message_id, u.idx, u.status, u.detail::jsonb
+      FROM u JOIN updated USING (message_id, idx)
+     ORDER BY u.n
+), done AS (
+    UPDATE mail_messages m SET done_at = now()
+     WHERE m.id IN (SELECT message_id FROM updated) AND m.done_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM updated x WHERE x.message_id = m.id
+                       AND x.status NOT IN ('delivered', 'bounced', 'expired'))
+       AND NOT EXISTS (SELECT 1 FROM mail_recipients r WHERE r.message_id = m.id
+                       AND r.status NOT IN ('delivered', 'bounced', 'expired')
+                       AND NOT EXISTS (SELECT 1 FROM updated x WHERE x.message_id = r.message_id
+                                       AND x.idx = r.idx))
+)
+SELECT count(*) FROM updated
+"""
 
 
 async def record(pool: asyncpg.Pool, *, owner: str, results: Sequence[Result]) -> int:
-    """Store attempt results (and their log events) in one transaction; returns how many
+    """Store attempt results (and their log events) in one statement; returns how many
     recipients were still ours to update."""
     if not results:
         return 0
-    async with pool.acquire() as conn, conn.transaction():
-        updated = await conn.fetch(
-            """
-            UPDATE mail_recipients r
-               SET status = u.status,
-                   attempts = r.attempts + 1,
-                   next_attempt_at = COALESCE(u.next_at, r.next_attempt_at),
-                   lease_owner = NULL, lease_until = NULL,
-                   last_attempt_at = now(), last_code = u.code, last_response = u.response,
-                   updated_at = now()
-              FROM unnest($2::text[], $3::int[], $4::text[], $5::timestamptz[], $6::int[],
-                          $7::text[]) AS u(message_id, idx, status, next_at, code, response)
-             WHERE r.message_id = u.message_id AND r.idx = u.idx
-               AND r.status = 'delivering' AND r.lease_owner = $1
-            RETURNING r.message_id, r.idx
-            """, owner, [r.message_id for r in results], [r.idx for r in results],
-            [r.status for r in results], [r.next_attempt_at for r in results],
-            [r.code for r in results], [r.response for r in results])
-        mine = {(row["message_id"], row["idx"]) for row in updated}
-        events = [r for r in results if (r.message_id, r.idx) in mine]
-        await conn.executemany(
-            "INSERT INTO mail_events (message_id, recipient_idx, event, detail) "
-            "VALUES ($1, $2, $3, $4)",
-            [(r.message_id, r.idx, r.status, {"code": r.code, "response": r.response,
-                                              **r.detail}) for r in events])
-        await conn.execute(
-            """
-            UPDATE mail_messages m SET done_at = now()
-             WHERE m.id = ANY($1::text[]) AND m.done_at IS NULL
-               AND NOT EXISTS (SELECT 1 FROM mail_recipients r WHERE r.message_id = m.id
-                               AND r.status NOT IN ('delivered', 'bounced', 'expired'))
-            """, list({r.message_id for r in events}))
-    return len(mine)
+    return await pool.fetchval(
+        _RECORD, owner, [r.message_id for r in results], [r.idx for r in results],
+        [r.status for r in results], [r.next_attempt_at for r in results],
+        [r.code for r in results], [r.response for r in results],
+        [orjson.dumps({"code": r.code, "response": r.response, **r.detail}).decode()
+         for r in results])
 
 
 async def release(pool: asyncpg.Pool, *, owner: str, claimed: Sequence[Claimed]) -> None:
