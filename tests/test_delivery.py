@@ -256,3 +256,27 @@ async def test_work_of_a_killed_process_is_delivered_by_another(tmp_path: Path, 
         assert await statuses(app, queue_id) == {"ops@example.org": "delivering"}
         await wait_status(app, queue_id, {"ops@example.org": "delivered"})
     assert [m.recipients for m in world.mx1.handler.messages] == [["ops@example.org"]]
+
+
+async def test_notify_success_and_never_and_orcpt_are_honoured(tmp_path: Path, pg_url: str,
+                                                               world: World) -> None:
+    world.mx1.handler.rules["gone@example.org"] = "5xx"
+    async with started_app(mx_config(tmp_path, pg_url, world)) as app:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port(app, 0)) as client:
+            await client.mail("app@example.com", options=["RET=FULL", "ENVID=job42"])
+            await client.rcpt("ops@example.org", options=["NOTIFY=SUCCESS",
+                                                          "ORCPT=rfc822;team+40example.org"])
+            await client.rcpt("gone@example.org", options=["NOTIFY=NEVER"])
+            _, reply = await client.data(MESSAGE)
+        queue_id = reply.rsplit(" ", 1)[1]
+        await wait_status(app, queue_id, {"ops@example.org": "delivered",
+                                          "gone@example.org": "bounced"})
+        [notice] = await world.back.handler.wait_for(1)
+    text = notice.data.decode(errors="replace")
+    assert notice.sender == "" and notice.recipients == ["app@example.com"]
+    assert "Subject: Successful Mail Delivery Report" in text
+    assert "Action: delivered" in text and "Original-Recipient: rfc822;team@example.org" in text
+    assert "Original-Envelope-Id: job42" in text
+    assert "gone@example.org" not in text.split("Content-Type: message/delivery-status")[1] \
+        .split("Content-Type: message/rfc822")[0]
+    assert "Content-Type: message/rfc822" in text and "Deployed." in text   # RET=FULL

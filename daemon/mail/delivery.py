@@ -89,7 +89,7 @@ class DeliveryWorker:
         self.rng = rng or random.Random()
         d = settings.delivery
         self.policy = RetryPolicy(first_retry=d.first_retry, max_backoff=d.max_backoff,
-                                  lifetime=d.lifetime, delay_warning=d.delay_warning)
+                                  lifetime=d.lifetime)
         self.router = Router(list(settings.routes))
         self._routes: dict[str, Route] = {}
         self.transport = SmtpTransport(
@@ -261,7 +261,8 @@ class DeliveryWorker:
             self.metrics.results.labels(status).inc()
             if status == "delivered":
                 self.metrics.latency.observe((now - message.received_at).total_seconds())
-            if status in ("bounced", "expired"):
+            if status in ("bounced", "expired") or (
+                    status == "delivered" and item.notify and "SUCCESS" in item.notify):
                 finals.append((item, outcome, status))
             rows.append(store.Result(item.message_id, item.idx, status, next_at,
                                      outcome.code, outcome.response,

@@ -27,6 +27,8 @@ class Claimed:
     recipient: str
     domain: str
     attempts: int
+    notify: tuple[str, ...] | None = None    # RFC 3461 NOTIFY of this RCPT, if given
+    orcpt: str | None = None                 # RFC 3461 ORCPT of this RCPT, if given
 
 
 @dataclass(frozen=True)
@@ -66,13 +68,16 @@ WITH due AS (
            lease_until = now() + make_interval(secs => $2), updated_at = now()
       FROM due
      WHERE r.message_id = due.message_id AND r.idx = due.idx
-    RETURNING r.message_id, r.idx, r.recipient, r.domain, r.attempts
+    RETURNING r.message_id, r.idx, r.recipient, r.domain, r.attempts, r.dsn_notify,
+              r.dsn_orcpt
 )
 SELECT m.id, m.sender, m.data, m.smtputf8, m.body_8bit, m.received_at, m.dsn_ret,
        m.dsn_envid, array_agg(c.idx ORDER BY c.idx) AS idxs,
        array_agg(c.recipient ORDER BY c.idx) AS recipients,
        array_agg(c.domain ORDER BY c.idx) AS domains,
-       array_agg(c.attempts ORDER BY c.idx) AS attempts
+       array_agg(c.attempts ORDER BY c.idx) AS attempts,
+       array_agg(array_to_string(c.dsn_notify, ',') ORDER BY c.idx) AS notifies,
+       array_agg(c.dsn_orcpt ORDER BY c.idx) AS orcpts
   FROM claimed c JOIN mail_messages m ON m.id = c.message_id
  GROUP BY m.id
 """
@@ -89,10 +94,11 @@ async def claim(pool: asyncpg.Pool, *, owner: str, lease: float, limit: int
         messages[m["id"]] = ClaimedMessage(m["id"], m["sender"], bytes(m["data"]),
                                            m["smtputf8"], m["body_8bit"], m["received_at"],
                                            m["dsn_ret"], m["dsn_envid"])
-        claimed.extend(Claimed(m["id"], idx, recipient, domain, attempts)
-                       for idx, recipient, domain, attempts in zip(
+        claimed.extend(Claimed(m["id"], idx, recipient, domain, attempts,
+                               tuple(notify.split(",")) if notify else None, orcpt)
+                       for idx, recipient, domain, attempts, notify, orcpt in zip(
                            m["idxs"], m["recipients"], m["domains"], m["attempts"],
-                           strict=True))
+                           m["notifies"], m["orcpts"], strict=True))
     return claimed, messages
 
 

@@ -1,6 +1,7 @@
-"""Tells senders what became of their mail: recipients that bounced or expired become
-one RFC 3464 notification per message, queued (signed, retried) like any other mail with
-the null sender, so a notification can never trigger another one.
+"""Tells senders what became of their mail: recipients that bounced or expired (and
+delivered ones whose RCPT asked NOTIFY=SUCCESS) become one RFC 3464 notification per
+message, honouring NOTIFY, ORCPT, RET and ENVID, queued (signed, retried) like any other
+mail with the null sender, so a notification can never trigger another one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from daemon.mail.message import MessageRejected
 from daemon.mail.submit import Refused, submit_local
 
 log = get_logger("delivery")
+
+
+# Delivery status -> RFC 3464 Action.
+_ACTION = {"bounced": "failed", "expired": "failed", "delivered": "delivered"}
 
 
 class Notifier:
@@ -34,14 +39,16 @@ class Notifier:
         for message, entries in finals:
             statuses = [
                 RecipientStatus(
-                    recipient=claimed.recipient, original_recipient=None, action="failed",
-                    status=outcome.status if status == "bounced" else "4.4.7",
+                    recipient=claimed.recipient, original_recipient=claimed.orcpt,
+                    action=_ACTION[status],
+                    status=outcome.status if status != "expired" else "4.4.7",
                     remote_mta=outcome.remote.split("[", 1)[0] if outcome.remote else None,
                     diagnostic=f"{outcome.code} {outcome.response}" if outcome.remote else
                     outcome.response,
                     last_attempt=now, will_retry_until=None)
                 for claimed, outcome, status in entries
-                if should_notify(envelope_sender=message.sender, notify=None, action="failed")]
+                if should_notify(envelope_sender=message.sender, notify=claimed.notify,
+                                 action=_ACTION[status])]
             if not statuses:
                 continue
             try:

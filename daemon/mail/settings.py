@@ -191,8 +191,6 @@ class DeliverySettings:
     first_retry: Annotated[float, DURATION] = 300.0
     max_backoff: Annotated[float, DURATION] = 4200.0
     lifetime: Annotated[float, DURATION] = 5 * 86400.0
-    # Send a "still trying" DSN after this long; unset: never.
-    delay_warning: Annotated[float, DURATION] | None = None
     # Sender of bounces (the From: of DSNs; their envelope sender is always <>).
     postmaster: str | None = None
 
@@ -206,5 +204,4 @@ class DeliverySettings:
             raise Invalid("first_retry", "must not exceed delivery.max_backoff")
         if self.lifetime < self.first_retry:
             raise Invalid("lifetime", "must be at least delivery.first_retry")
-        if self.delay_warning is not None and self.delay_warning <= 0:
-            raise Invalid("delay_warning", "must be positive (leave it out to send none)")
+
