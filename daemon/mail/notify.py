@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from daemon.logs import fields, get_logger
-from daemon.mail.bounce import RecipientStatus, build_dsn, should_notify
+from daemon.mail.bounce import RecipientStatus, build_dsn
 from daemon.mail.delivery import Final
+from daemon.mail.dsn_params import should_notify
 from daemon.mail.intake import IntakeContext
 from daemon.mail.message import MessageRejected
 from daemon.mail.submit import Refused, submit_local

@@ -30,7 +30,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, syntax
 
-from daemon.mail.bounce import parse_envid, parse_notify, parse_orcpt
+from daemon.mail.dsn_params import parse_envid, parse_notify, parse_orcpt
 
 # aiosmtpd logs every command line at INFO (AUTH included) and deprecation chatter at
 # WARNING; egen logs its own one line per event instead.
