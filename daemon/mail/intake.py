@@ -268,12 +268,31 @@ class IntakeHandler:
             dsn = DsnRequest(
                 ret=getattr(envelope, "dsn_ret", None), envid=getattr(envelope, "dsn_envid", None),
                 notify=tuple(n for n, _ in per_rcpt), orcpt=tuple(o for _, o in per_rcpt))
-            await asyncio.shield(sign_and_queue(
+            queueing = asyncio.ensure_future(sign_and_queue(
                 ctx, queue_id=queue_id, sender=sender or "", recipients=envelope.rcpt_tos,
                 prepared=prepared, origin=origin, now=now, dsn=dsn))
+            try:
+                await asyncio.shield(queueing)
+            except asyncio.CancelledError:
+                queueing.add_done_callback(self._unanswered(session, queue_id))
+                raise
         except Refused as refused:
             return self.reject(session, refused.reason, refused.reply, queue_id=queue_id)
         return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    def _unanswered(self, session: Session, queue_id: str) -> Any:
+        """Account for a queueing whose client hung up before the answer: a refusal is
+        still counted and logged once (an accept logs itself)."""
+        def done(task: asyncio.Future[Any]) -> None:
+            if task.cancelled():
+                return
+            error = task.exception()
+            if isinstance(error, Refused):
+                self.reject(session, error.reason, error.reply, queue_id=queue_id)
+            elif error is not None:
+                log.error("queueing failed after the client left", exc_info=error,
+                          extra=fields(queue_id=queue_id))
+        return done
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("smtp session error", exc_info=error)
