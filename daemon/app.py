@@ -144,7 +144,8 @@ class App:
             settings, lambda: self.database.db.pool, lambda: self.database.node_id,
             self.registry, on_final=Notifier(lambda: self.smtp.context,
                                              hostname=settings.hostname,
-                                             postmaster=settings.delivery.postmaster))
+                                             postmaster=settings.delivery.postmaster,
+                                             lifetime=settings.delivery.lifetime))
         self.http.add_readiness_check("database", self.database.readiness)
         self.http.add_readiness_check("journal", self.journals.readiness)
         self.on_reload(self.smtp.reload)

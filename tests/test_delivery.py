@@ -174,6 +174,51 @@ async def test_4xx_is_retried_until_it_succeeds(tmp_path: Path, pg_url: str,
     assert world.back.handler.messages == []   # no notice for a delay by default
 
 
+async def wait_attempts(app: App, queue_id: str, at_least: int,
+                        timeout: float = 20.0) -> None:
+    async def reached() -> None:
+        while min(r["attempts"] for r in await app.database.db.pool.fetch(
+                "SELECT attempts FROM mail_recipients WHERE message_id = $1",
+                queue_id)) < at_least:
+            app.delivery.idle.clear()
+            await app.delivery.idle.wait()
+
+    await asyncio.wait_for(reached(), timeout)
+
+
+async def test_delay_warning_goes_out_once_to_whom_it_concerns(tmp_path: Path, pg_url: str,
+                                                               world: World) -> None:
+    world.mx1.handler.rules["later@example.org"] = "4xx"
+    world.mx1.handler.rules["quiet@example.org"] = "4xx"
+    config = mx_config(tmp_path, pg_url, world, FAST_RETRY + 'delay_warning = "300ms"\n')
+    async with started_app(config) as app:
+        pool = app.database.db.pool
+        queue_id = await send(app, ["later@example.org"])
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port(app, 0)) as client:
+            await client.mail("app@example.com")
+            await client.rcpt("quiet@example.org", options=["NOTIFY=FAILURE"])
+            _, reply = await client.data(MESSAGE)
+        quiet_id = reply.rsplit(" ", 1)[1]
+        [notice] = await world.back.handler.wait_for(1)
+        await wait_attempts(app, queue_id, 5)
+        await wait_attempts(app, quiet_id, 5)
+        world.mx1.handler.rules.clear()
+        await wait_status(app, queue_id, {"later@example.org": "delivered"})
+        await wait_status(app, quiet_id, {"quiet@example.org": "delivered"})
+        events = await pool.fetch("SELECT message_id, event FROM mail_events "
+                                  "WHERE event = 'delay_warning'")
+        again = await delivery_store.mark_warned(pool, {queue_id: [0]})
+    assert len(world.back.handler.messages) == 1      # once, and not for NOTIFY=FAILURE
+    text = notice.data.decode(errors="replace")
+    assert notice.sender == "" and notice.recipients == ["app@example.com"]
+    assert "Subject: Delayed Mail (still being retried)" in text
+    assert "Action: delayed" in text and "Will-Retry-Until:" in text
+    assert "Final-Recipient: rfc822;later@example.org" in text
+    assert "Status: 4." in text
+    assert sorted(r["message_id"] for r in events) == sorted([queue_id, quiet_id])
+    assert again == set()                              # another node cannot warn again
+
+
 async def test_unreachable_destination_expires_with_a_notice(tmp_path: Path, pg_url: str,
                                                              world: World) -> None:
     config = mx_config(tmp_path, pg_url, world, FAST_RETRY + 'lifetime = "1s"\n')

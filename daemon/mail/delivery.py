@@ -264,6 +264,8 @@ class DeliveryWorker:
             if status in ("bounced", "expired") or (
                     status == "delivered" and item.notify and "SUCCESS" in item.notify):
                 finals.append((item, outcome, status))
+            elif status == "deferred" and self._warning_due(message, now):
+                finals.append((item, outcome, "delayed"))
             rows.append(store.Result(item.message_id, item.idx, status, next_at,
                                      outcome.code, outcome.response,
                                      {"remote": outcome.remote, "tls": outcome.tls}))
@@ -294,6 +296,7 @@ class DeliveryWorker:
                     self._in_flight -= len(rows)
                     self.metrics.in_flight.set(self._in_flight)
                     self._wakeup.set()      # room for the next claim
+                await self._claim_warnings(finals)
                 if finals and self.on_final is not None:
                     try:
                         await self.on_final(list(finals.values()))
@@ -301,6 +304,36 @@ class DeliveryWorker:
                         log.exception("could not queue delivery status notifications")
         finally:
             self._flushing = False
+
+    def _warning_due(self, message: store.ClaimedMessage, now: datetime) -> bool:
+        after = self.settings.delivery.delay_warning
+        return (after > 0 and not message.warned
+                and (now - message.received_at).total_seconds() >= after)
+
+    async def _claim_warnings(self, finals: dict[str, Final]) -> None:
+        """Keep the delay warnings this node may send: one per message, ever, across nodes.
+        A warning not claimed now (another node sent it, or the database is away) is
+        dropped from the notices; a database blip only postpones it to the next deferral."""
+        warnings = {mid: [claimed.idx for claimed, _, status in entries if status == "delayed"]
+                    for mid, (_, entries) in finals.items()}
+        warnings = {mid: idxs for mid, idxs in warnings.items() if idxs}
+        if not warnings:
+            return
+        try:
+            ours = await store.mark_warned(self._pool(), warnings)
+        except _DB_ERRORS as err:
+            log.warning("cannot record delay warnings; they wait for the next attempt",
+                        extra=fields(error=f"{type(err).__name__}: {err}"))
+            ours = set()
+        for mid in warnings:
+            if mid in ours:
+                continue
+            message, entries = finals[mid]
+            kept = [entry for entry in entries if entry[2] != "delayed"]
+            if kept:
+                finals[mid] = (message, kept)
+            else:
+                del finals[mid]
 
     def _decide(self, item: store.Claimed, message: store.ClaimedMessage, outcome: Outcome,
                 now: datetime) -> tuple[str, datetime | None]:

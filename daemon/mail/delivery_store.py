@@ -41,6 +41,7 @@ class ClaimedMessage:
     received_at: datetime
     dsn_ret: str | None
     dsn_envid: str | None
+    warned: bool = False         # the delay warning went out already
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ WITH due AS (
               r.dsn_orcpt
 )
 SELECT m.id, m.sender, m.data, m.smtputf8, m.body_8bit, m.received_at, m.dsn_ret,
-       m.dsn_envid, array_agg(c.idx ORDER BY c.idx) AS idxs,
+       m.dsn_envid, m.warned_at IS NOT NULL AS warned, array_agg(c.idx ORDER BY c.idx) AS idxs,
        array_agg(c.recipient ORDER BY c.idx) AS recipients,
        array_agg(c.domain ORDER BY c.idx) AS domains,
        array_agg(c.attempts ORDER BY c.idx) AS attempts,
@@ -93,7 +94,7 @@ async def claim(pool: asyncpg.Pool, *, owner: str, lease: float, limit: int
     for m in rows:
         messages[m["id"]] = ClaimedMessage(m["id"], m["sender"], bytes(m["data"]),
                                            m["smtputf8"], m["body_8bit"], m["received_at"],
-                                           m["dsn_ret"], m["dsn_envid"])
+                                           m["dsn_ret"], m["dsn_envid"], m["warned"])
         claimed.extend(Claimed(m["id"], idx, recipient, domain, attempts,
                                tuple(notify.split(",")) if notify else None, orcpt)
                        for idx, recipient, domain, attempts, notify, orcpt in zip(
@@ -153,6 +154,32 @@ async def record(pool: asyncpg.Pool, *, owner: str, results: Sequence[Result]) -
         [r.code for r in results], [r.response for r in results],
         [orjson.dumps({"code": r.code, "response": r.response, **r.detail}).decode()
          for r in results])
+
+
+async def mark_warned(pool: asyncpg.Pool, warnings: dict[str, list[int]]) -> set[str]:
+    """Claim the right to send each message's one delay warning: of the message IDs given
+    (with the deferred recipients the warning is about), the ones no node has warned for
+    yet, now marked, with a 'delay_warning' event per recipient in the delivery log. One
+    statement, so two nodes deferring recipients of one message never both warn."""
+    if not warnings:
+        return set()
+    ids = list(warnings)
+    rows = await pool.fetch(
+        """
+        WITH marked AS (
+            UPDATE mail_messages SET warned_at = now()
+             WHERE id = ANY($1::text[]) AND warned_at IS NULL
+            RETURNING id
+        ), events AS (
+            INSERT INTO mail_events (message_id, recipient_idx, event)
+            SELECT u.message_id, u.idx, 'delay_warning'
+              FROM unnest($2::text[], $3::int[]) AS u(message_id, idx)
+              JOIN marked ON marked.id = u.message_id
+        )
+        SELECT id FROM marked
+        """, ids, [mid for mid in ids for _ in warnings[mid]],
+        [idx for mid in ids for idx in warnings[mid]])
+    return {row["id"] for row in rows}
 
 
 async def release(pool: asyncpg.Pool, *, owner: str, claimed: Sequence[Claimed]) -> None:

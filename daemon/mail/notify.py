@@ -1,7 +1,8 @@
 """Tells senders what became of their mail: recipients that bounced or expired (and
-delivered ones whose RCPT asked NOTIFY=SUCCESS) become one RFC 3464 notification per
-message, honouring NOTIFY, ORCPT, RET and ENVID, queued (signed, retried) like any other
-mail with the null sender, so a notification can never trigger another one.
+delivered ones whose RCPT asked NOTIFY=SUCCESS, and the once-per-message delay warning
+when `delivery.delay_warning` is set) become one RFC 3464 notification per message,
+honouring NOTIFY, ORCPT, RET and ENVID, queued (signed, retried) like any other mail with
+the null sender, so a notification can never trigger another one.
 """
 
 from __future__ import annotations
@@ -15,19 +16,32 @@ from daemon.mail.delivery import Final
 from daemon.mail.dsn_params import should_notify
 from daemon.mail.intake import IntakeContext
 from daemon.mail.message import MessageRejected
+from daemon.mail.outcome import Outcome
 from daemon.mail.submit import Refused, submit_local
 
 log = get_logger("delivery")
 
 
 # Delivery status -> RFC 3464 Action.
-_ACTION = {"bounced": "failed", "expired": "failed", "delivered": "delivered"}
+_ACTION = {"bounced": "failed", "expired": "failed", "delivered": "delivered",
+           "delayed": "delayed"}
+
+
+def _status(outcome: Outcome, status: str) -> str:
+    """The DSN Status of a recipient: expiry is always 4.4.7; a delay must be a 4.x.x,
+    even when the remote's deferral carried an odd enhanced code."""
+    if status == "expired":
+        return "4.4.7"
+    if status == "delayed" and not outcome.status.startswith("4."):
+        return "4.0.0"
+    return outcome.status
 
 
 class Notifier:
     def __init__(self, context: Callable[[], IntakeContext | None], *, hostname: str,
-                 postmaster: str | None) -> None:
+                 postmaster: str | None, lifetime: float) -> None:
         self._context = context
+        self.lifetime = lifetime
         self.hostname = hostname
         self.postmaster = postmaster or f"postmaster@{hostname}"
 
@@ -42,11 +56,13 @@ class Notifier:
                 RecipientStatus(
                     recipient=claimed.recipient, original_recipient=claimed.orcpt,
                     action=_ACTION[status],
-                    status=outcome.status if status != "expired" else "4.4.7",
+                    status=_status(outcome, status),
                     remote_mta=outcome.remote.split("[", 1)[0] if outcome.remote else None,
                     diagnostic=f"{outcome.code} {outcome.response}" if outcome.remote else
                     outcome.response,
-                    last_attempt=now, will_retry_until=None)
+                    last_attempt=now,
+                    will_retry_until=message.received_at.timestamp() + self.lifetime
+                    if status == "delayed" else None)
                 for claimed, outcome, status in entries
                 if should_notify(envelope_sender=message.sender, notify=claimed.notify,
                                  action=_ACTION[status])]

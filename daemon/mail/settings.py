@@ -191,6 +191,10 @@ class DeliverySettings:
     first_retry: Annotated[float, DURATION] = 300.0
     max_backoff: Annotated[float, DURATION] = 4200.0
     lifetime: Annotated[float, DURATION] = 5 * 86400.0
+    # Warn the sender once when a message is still undelivered after this long (an RFC
+    # 3464 "delayed" notice, for recipients whose NOTIFY allows it); 0 is off, as in
+    # Postfix (its delay_warning_time). "4h" is a common choice.
+    delay_warning: Annotated[float, DURATION] = 0.0
     # Sender of bounces (the From: of DSNs; their envelope sender is always <>).
     postmaster: str | None = None
 
@@ -204,4 +208,9 @@ class DeliverySettings:
             raise Invalid("first_retry", "must not exceed delivery.max_backoff")
         if self.lifetime < self.first_retry:
             raise Invalid("lifetime", "must be at least delivery.first_retry")
+        if self.delay_warning < 0:
+            raise Invalid("delay_warning", "must not be negative (0 switches it off)")
+        if self.delay_warning >= self.lifetime:
+            raise Invalid("delay_warning", "must be shorter than delivery.lifetime, or "
+                          "the message expires before the warning is due")
 
