@@ -7,7 +7,9 @@ structured fields with `extra=fields(...)`, so the same call renders as
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -28,14 +30,23 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"egen.{name}")
 
 
+_NEEDS_QUOTES = re.compile(r'[ ="\\]')
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{base}.{int(record.msecs):03d}Z"
+    return f"{_second_text(int(record.created))}.{int(record.msecs):03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second_text(second: int) -> str:
+    """Formatted once per second, not once per line: the mail log writes a line per
+    message, hundreds a second under load."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 def _logfmt_value(value: Any) -> str:
     text = value if isinstance(value, str) else str(value)
-    if text and not any(c in text for c in ' ="\\\n\t') and text.isprintable():
+    if text and text.isprintable() and _NEEDS_QUOTES.search(text) is None:
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'

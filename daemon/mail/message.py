@@ -17,6 +17,7 @@ from __future__ import annotations
 import email.errors
 import email.policy
 import email.utils
+import functools
 import ipaddress
 import re
 import secrets
@@ -180,7 +181,13 @@ def _from_addresses(value: str) -> tuple[str, ...]:
 
 
 def _rfc5322_date(now: float) -> str:
-    return email.utils.format_datetime(datetime.fromtimestamp(now, UTC))
+    return _date_of_second(int(now))
+
+
+@functools.lru_cache(maxsize=4)
+def _date_of_second(second: int) -> str:
+    """Dates have second resolution: formatted once per second, not once per message."""
+    return email.utils.format_datetime(datetime.fromtimestamp(second, UTC))
 
 
 def prepare(raw: bytes, *, received: bytes, hostname: str, now: float | None = None,

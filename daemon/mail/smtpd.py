@@ -30,11 +30,13 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, syntax
 
+from daemon.mail import smtpd_inspect
 from daemon.mail.dsn_params import parse_envid, parse_notify, parse_orcpt
 
 # aiosmtpd logs every command line at INFO (AUTH included) and deprecation chatter at
 # WARNING; egen logs its own one line per event instead.
 logging.getLogger("mail.log").setLevel(logging.CRITICAL)
+smtpd_inspect.install()
 
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3}( |$)")
 # Enhanced codes for aiosmtpd's own replies that lack one, by reply code.
