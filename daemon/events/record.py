@@ -1,0 +1,91 @@
+"""An accepted event as the events journal holds it: everything the batch writer needs to
+group and store it without parsing the event again.
+
+Normalizing and fingerprinting happen before the append (the HTTP answer can then say
+what was wrong), so the writer only copies fields; the event's JSON travels already
+zstd-compressed, which is also how Postgres keeps it.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import asdict, dataclass
+
+import orjson
+import zstandard
+
+MAGIC = b"EV1"
+_LENGTH = struct.Struct(">I")
+_compressor = zstandard.ZstdCompressor(level=3)
+_decompressor = zstandard.ZstdDecompressor()
+
+
+class RecordError(ValueError):
+    """A journal record that is not an event record (corrupt or from another version)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    project_id: int
+    event_id: str                 # 32 lowercase hex digits
+    grouping_version: int
+    fingerprint: str
+    title: str
+    culprit: str
+    level: str
+    timestamp: float              # when the client says it happened (epoch seconds)
+    received_at: float            # when egen accepted it
+    environment: str | None
+    release: str | None
+    payload: bytes                # the event's JSON, zstd-compressed
+
+
+def compress(data: bytes) -> bytes:
+    return _compressor.compress(data)
+
+
+def decompress_payload(data: bytes, limit: int = 64 * 2**20) -> bytes:
+    return _decompressor.decompress(data, max_output_size=limit)
+
+
+def encode(record: EventRecord) -> bytes:
+    header = asdict(record)
+    payload = header.pop("payload")
+    head = orjson.dumps(header)
+    return b"".join((MAGIC, _LENGTH.pack(len(head)), head, payload))
+
+
+_FIELDS = {"project_id": int, "event_id": str, "grouping_version": int, "fingerprint": str,
+           "title": str, "culprit": str, "level": str, "timestamp": float,
+           "received_at": float}
+
+
+def decode(data: bytes) -> EventRecord:
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _LENGTH.size:
+        raise RecordError("not an event record (bad magic)")
+    start = len(MAGIC) + _LENGTH.size
+    (length,) = _LENGTH.unpack_from(data, len(MAGIC))
+    if start + length > len(data):
+        raise RecordError(f"header length {length} runs past the record's end")
+    try:
+        header = orjson.loads(data[start:start + length])
+    except orjson.JSONDecodeError as err:
+        raise RecordError(f"header is not JSON: {err}") from None
+    if not isinstance(header, dict):
+        raise RecordError("header is not a JSON object")
+    for name, kind in _FIELDS.items():
+        value = header.get(name)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = header[name] = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise RecordError(f"header field {name} is missing or not {kind.__name__}")
+    for name in ("environment", "release"):
+        if header.get(name) is not None and not isinstance(header[name], str):
+            raise RecordError(f"header field {name} is not a string")
+    if not (math.isfinite(header["timestamp"]) and math.isfinite(header["received_at"])):
+        raise RecordError("timestamp or received_at is not a finite number")
+    try:
+        return EventRecord(**header, payload=data[start + length:])
+    except TypeError as err:
+        raise RecordError(f"header has unexpected fields: {err}") from None

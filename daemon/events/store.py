@@ -1,0 +1,191 @@
+"""Writes batches of accepted events into Postgres: one transaction per batch, with COPY
+into a staging table and one statement that deduplicates event ids, upserts each issue
+once (counts, first/last seen, regression) and inserts the events.
+
+Idempotent, as a journal consumer's store must be: a replayed batch finds its event ids
+taken and changes nothing. Nodes sharing the database add to the same issue rows (the
+upsert adds counts), which is how two nodes receiving one bug end with one issue whose
+count is the sum. Knows the tables, nothing of HTTP or Sentry.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+
+from daemon.consumer import PoisonRecord
+from daemon.events.partitions import Partitions, day_of
+from daemon.events.record import EventRecord, RecordError, decode
+from daemon.journal import Record
+from daemon.logs import fields, get_logger
+
+log = get_logger("events.store")
+
+_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
+                asyncpg.ProgramLimitExceededError)
+
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS event_batch (
+    n integer, project_id integer, event_id uuid, grouping_version smallint,
+    fingerprint text, title text, culprit text, level text, ts timestamptz,
+    received_at timestamptz, environment text, release text, payload bytea
+) ON COMMIT DELETE ROWS
+"""
+_COLUMNS = ("n", "project_id", "event_id", "grouping_version", "fingerprint", "title",
+            "culprit", "level", "ts", "received_at", "environment", "release", "payload")
+
+# Within one statement every CTE sees the tables as they were before it, so each step
+# passes on what it did through RETURNING. Issues are upserted in a fixed order, so two
+# nodes' batches lock shared issue rows in the same order and cannot deadlock on them.
+_WRITE = """
+WITH fresh AS (
+    INSERT INTO event_ids (project_id, event_id, received_at)
+    SELECT DISTINCT ON (project_id, event_id) project_id, event_id, received_at
+      FROM event_batch ORDER BY project_id, event_id, n
+    ON CONFLICT DO NOTHING
+    RETURNING project_id, event_id
+), b AS (
+    SELECT DISTINCT ON (e.project_id, e.event_id) e.*
+      FROM event_batch e JOIN fresh USING (project_id, event_id)
+     ORDER BY e.project_id, e.event_id, e.n
+), agg AS (
+    SELECT project_id, grouping_version, fingerprint, count(*) AS events,
+           min(received_at) AS first_seen, max(received_at) AS last_seen,
+           (array_agg(title ORDER BY n DESC))[1] AS title,
+           (array_agg(culprit ORDER BY n DESC))[1] AS culprit,
+           (array_agg(level ORDER BY n DESC))[1] AS level,
+           (array_agg(event_id ORDER BY n DESC))[1] AS last_event_id,
+           (array_agg(environment ORDER BY n DESC))[1] AS environment,
+           (array_agg(release ORDER BY n DESC))[1] AS release
+      FROM b GROUP BY project_id, grouping_version, fingerprint
+), up AS (
+    INSERT INTO issues AS i (project_id, grouping_version, fingerprint, title, culprit, level,
+                             first_seen, last_seen, event_count, last_event_id, environment,
+                             release)
+    SELECT project_id, grouping_version, fingerprint, title, culprit, level, first_seen,
+           last_seen, events, last_event_id, environment, release
+      FROM agg ORDER BY project_id, grouping_version, fingerprint
+    ON CONFLICT (project_id, grouping_version, fingerprint) DO UPDATE SET
+        event_count = i.event_count + excluded.event_count,
+        first_seen = least(i.first_seen, excluded.first_seen),
+        last_seen = greatest(i.last_seen, excluded.last_seen),
+        title = excluded.title, culprit = excluded.culprit, level = excluded.level,
+        last_event_id = excluded.last_event_id, environment = excluded.environment,
+        release = excluded.release,
+        status = CASE WHEN i.status = 'resolved' THEN 'unresolved' ELSE i.status END,
+        resolved_at = CASE WHEN i.status = 'resolved' THEN NULL ELSE i.resolved_at END,
+        regressed_at = CASE WHEN i.status = 'resolved' THEN now() ELSE i.regressed_at END
+    RETURNING i.id, i.project_id, i.grouping_version, i.fingerprint, i.title, i.level,
+              i.event_count, (xmax = 0) AS created,
+              (i.regressed_at IS NOT NULL AND i.regressed_at = now()) AS regressed
+), stored AS (
+    INSERT INTO events (project_id, event_id, issue_id, received_at, timestamp, level,
+                        environment, release, payload)
+    SELECT b.project_id, b.event_id, up.id, b.received_at, b.ts, b.level, b.environment,
+           b.release, b.payload
+      FROM b JOIN up USING (project_id, grouping_version, fingerprint)
+)
+SELECT up.*, (SELECT count(*) FROM b) AS new_events FROM up
+"""
+
+
+@dataclass(frozen=True)
+class IssueChange:
+    """An issue a batch touched: what alert rules look at once the batch is committed."""
+
+    id: int
+    project_id: int
+    title: str
+    level: str
+    event_count: int
+    created: bool          # the batch opened it
+    regressed: bool        # it was resolved, and the batch brought a new event
+
+
+def _time(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _row(n: int, r: EventRecord) -> tuple[object, ...]:
+    return (n, r.project_id, uuid.UUID(hex=r.event_id), r.grouping_version, r.fingerprint,
+            r.title, r.culprit, r.level, _time(r.timestamp), _time(r.received_at),
+            r.environment, r.release, r.payload)
+
+
+async def write_batch(pool: asyncpg.Pool, partitions: Partitions,
+                      records: Sequence[EventRecord]) -> tuple[int, list[IssueChange]]:
+    """Store the events; (events new to the database, issues touched)."""
+    if not records:
+        return 0, []
+    async with pool.acquire() as conn:
+        await partitions.ensure(conn, {day_of(r.received_at) for r in records})
+        async with conn.transaction():
+            await conn.execute(_STAGING)
+            await conn.copy_records_to_table(
+                "event_batch", records=[_row(n, r) for n, r in enumerate(records)],
+                columns=_COLUMNS)
+            rows = await conn.fetch(_WRITE)
+    new = rows[0]["new_events"] if rows else 0
+    return new, [IssueChange(r["id"], r["project_id"], r["title"], r["level"],
+                             r["event_count"], r["created"], r["regressed"]) for r in rows]
+
+
+def _check(record: EventRecord) -> None:
+    """Values Postgres would refuse on every retry (they are poison, not an outage)."""
+    try:
+        uuid.UUID(hex=record.event_id)
+        _time(record.timestamp)
+        _time(record.received_at)
+    except (ValueError, OverflowError, OSError) as err:
+        raise RecordError(f"event {record.event_id!r}: {err}") from None
+    texts = (record.fingerprint, record.title, record.culprit, record.level,
+             record.environment or "", record.release or "")
+    if any("\x00" in text for text in texts):
+        raise RecordError(f"event {record.event_id}: NUL character in a text field")
+
+
+OnStored = Callable[[list[IssueChange]], Awaitable[None]]
+
+
+def event_store(pool: Callable[[], asyncpg.Pool], partitions: Partitions,
+                on_stored: OnStored | None = None
+                ) -> Callable[[list[Record]], Awaitable[None]]:
+    """The events journal consumer's store function."""
+    async def store(records: list[Record]) -> None:
+        events = []
+        for record in records:
+            try:
+                event = decode(record.payload)
+                _check(event)
+            except RecordError as err:
+                raise PoisonRecord(record.position, str(err)) from None
+            events.append(event)
+        try:
+            _, changes = await write_batch(pool(), partitions, events)
+        except _DATA_ERRORS as err:
+            await _find_poison(pool(), partitions, events, records, err)
+            raise
+        if on_stored is not None and changes:
+            try:
+                await on_stored(changes)
+            except Exception:
+                log.exception("issue change hook failed")
+
+    return store
+
+
+async def _find_poison(pool: asyncpg.Pool, partitions: Partitions,
+                       events: Sequence[EventRecord], records: Sequence[Record],
+                       batch_error: Exception) -> None:
+    log.warning("event batch refused; retrying it event by event", extra=fields(
+        events=len(events), error=f"{type(batch_error).__name__}: {batch_error}"))
+    for event, record in zip(events, records, strict=True):
+        try:
+            await write_batch(pool, partitions, [event])
+        except _DATA_ERRORS as err:
+            raise PoisonRecord(record.position, f"event {event.event_id}: Postgres refused "
+                                                f"it: {type(err).__name__}: {err}") from None
