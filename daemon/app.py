@@ -19,6 +19,14 @@ from daemon.config import ConfigError, Settings, load
 from daemon.consumer import JournalConsumer
 from daemon.db import nodes
 from daemon.db.pool import Database
+from daemon.events.api import OperatorApi
+from daemon.events.http_native import NativeEndpoint
+from daemon.events.http_sentry import SentryEndpoints
+from daemon.events.ingest import Ingestor
+from daemon.events.partitions import Partitions
+from daemon.events.projects import ProjectRegistry
+from daemon.events.retention import Retention
+from daemon.events.store import event_store
 from daemon.journal import Journal, JournalMetrics, Record
 from daemon.logs import fields, get_logger, setup_logging
 from daemon.mail.delivery import DeliveryWorker
@@ -146,13 +154,27 @@ class App:
                                              hostname=settings.hostname,
                                              postmaster=settings.delivery.postmaster,
                                              lifetime=settings.delivery.lifetime))
+        events_journal = self.journals.get("events")
+        self.projects = ProjectRegistry(list(settings.projects), lambda: self.database.db.pool)
+        partitions = Partitions()
+        self.events_flusher = JournalConsumer(
+            events_journal, event_store(lambda: self.database.db.pool, partitions),
+            name="events", registry=self.registry, max_records=2000)
+        self.retention = Retention(lambda: self.database.db.pool, partitions, settings.ingest)
+        self.ingestor = Ingestor(events_journal, self.registry,
+                                 max_event_size=settings.ingest.max_event_size)
+        SentryEndpoints(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
+        NativeEndpoint(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
+        OperatorApi(lambda: self.database.db.pool,
+                    settings.ingest.api_token).mount(self.http.app)
         self.http.add_readiness_check("database", self.database.readiness)
         self.http.add_readiness_check("journal", self.journals.readiness)
         self.on_reload(self.smtp.reload)
         # Order matters: storage first, listeners last, so nothing is accepted that
         # cannot be made durable; stop() walks it backwards.
-        self.components: list[Component] = [self.database, self.journals,
-                                             self.mail_flusher, self.smtp, self.delivery,
+        self.components: list[Component] = [self.database, self.journals, self.projects,
+                                             self.mail_flusher, self.events_flusher,
+                                             self.retention, self.smtp, self.delivery,
                                              self.http]
 
     async def _store_mail(self, records: list[Record]) -> None:

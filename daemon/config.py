@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from daemon.events.settings import IngestSettings, ProjectSettings, check_projects
 from daemon.mail.routing import RouteSettings, check_routes
 from daemon.mail.settings import DeliverySettings, DkimSettings, SmtpSettings
 from daemon.typedtoml import DURATION, SIZE, Invalid, Issue, Loader, Secret
@@ -85,6 +86,9 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     # Ordered; the first route whose domains match a recipient's domain carries it.
     routes: list[RouteSettings] = field(default_factory=list)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    # Error-tracking projects kept in the config (more can live in the database).
+    projects: list[ProjectSettings] = field(default_factory=list)
     # Where the settings came from; not a TOML key.
     source: Path = field(default=Path("<defaults>"), compare=False)
 
@@ -92,6 +96,7 @@ class Settings:
         if self.drain_timeout <= 0:
             raise Invalid("drain_timeout", "must be positive")
         check_routes(self.routes)
+        check_projects(self.projects)
 
 
 class ConfigError(Exception):

@@ -44,7 +44,9 @@ class HttpServer:
         self._checks[name] = check
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None,
+        # auto_decompress off: aiohttp would inflate request bodies without a size cap;
+        # ingest undoes Content-Encoding itself, within ingest.max_body_size.
+        self._runner = web.AppRunner(self.app, access_log=None, auto_decompress=False,
                                      shutdown_timeout=self.shutdown_grace)
         await self._runner.setup()
         for address in self.listen:

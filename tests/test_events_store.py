@@ -15,7 +15,7 @@ import pytest
 from daemon.consumer import PoisonRecord
 from daemon.db import Database
 from daemon.events import partitions as parts
-from daemon.events.record import EventRecord, RecordError, compress, decode, encode
+from daemon.events.record import EventRecord, RecordError, decode, encode
 from daemon.events.store import event_store, write_batch
 from daemon.journal import Position, Record
 
@@ -37,7 +37,7 @@ def event(fingerprint: str = "f1", *, project: int = 1, event_id: str | None = N
                        grouping_version=1, fingerprint=fingerprint, title=title,
                        culprit="app.views in index", level=level, timestamp=now - 1,
                        received_at=now, environment="production", release="1.0",
-                       payload=compress(orjson.dumps({"message": title})))
+                       payload=(orjson.dumps({"message": title})))
 
 
 async def issues(db: Database) -> list[dict[str, object]]:

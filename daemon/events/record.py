@@ -2,15 +2,16 @@
 group and store it without parsing the event again.
 
 Normalizing and fingerprinting happen before the append (the HTTP answer can then say
-what was wrong), so the writer only copies fields; the event's JSON travels already
-zstd-compressed, which is also how Postgres keeps it.
+what was wrong), so the writer only copies fields. The event's JSON travels as it came;
+the writer zstd-compresses it for Postgres in a worker thread (zstandard releases the
+GIL), which keeps that work off the event loop that answers SDKs.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import orjson
 import zstandard
@@ -38,7 +39,7 @@ class EventRecord:
     received_at: float            # when egen accepted it
     environment: str | None
     release: str | None
-    payload: bytes                # the event's JSON, zstd-compressed
+    payload: bytes                # the event's JSON
 
 
 def compress(data: bytes) -> bytes:
@@ -50,10 +51,13 @@ def decompress_payload(data: bytes, limit: int = 64 * 2**20) -> bytes:
 
 
 def encode(record: EventRecord) -> bytes:
-    header = asdict(record)
-    payload = header.pop("payload")
-    head = orjson.dumps(header)
-    return b"".join((MAGIC, _LENGTH.pack(len(head)), head, payload))
+    head = orjson.dumps({
+        "project_id": record.project_id, "event_id": record.event_id,
+        "grouping_version": record.grouping_version, "fingerprint": record.fingerprint,
+        "title": record.title, "culprit": record.culprit, "level": record.level,
+        "timestamp": record.timestamp, "received_at": record.received_at,
+        "environment": record.environment, "release": record.release})
+    return b"".join((MAGIC, _LENGTH.pack(len(head)), head, record.payload))
 
 
 _FIELDS = {"project_id": int, "event_id": str, "grouping_version": int, "fingerprint": str,

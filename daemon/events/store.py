@@ -10,6 +10,7 @@ count is the sum. Knows the tables, nothing of HTTP or Sentry.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import asyncpg
 
 from daemon.consumer import PoisonRecord
 from daemon.events.partitions import Partitions, day_of
-from daemon.events.record import EventRecord, RecordError, decode
+from daemon.events.record import EventRecord, RecordError, compress, decode
 from daemon.journal import Record
 from daemon.logs import fields, get_logger
 
@@ -110,28 +111,29 @@ def _time(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def _row(n: int, r: EventRecord) -> tuple[object, ...]:
-    return (n, r.project_id, uuid.UUID(hex=r.event_id), r.grouping_version, r.fingerprint,
-            r.title, r.culprit, r.level, _time(r.timestamp), _time(r.received_at),
-            r.environment, r.release, r.payload)
+def _rows(records: Sequence[EventRecord]) -> list[tuple[object, ...]]:
+    """COPY rows, with each event's JSON compressed (run in a thread)."""
+    return [(n, r.project_id, uuid.UUID(hex=r.event_id), r.grouping_version, r.fingerprint,
+             r.title, r.culprit, r.level, _time(r.timestamp), _time(r.received_at),
+             r.environment, r.release, compress(r.payload)) for n, r in enumerate(records)]
 
 
 async def write_batch(pool: asyncpg.Pool, partitions: Partitions,
                       records: Sequence[EventRecord]) -> tuple[int, list[IssueChange]]:
-    """Store the events; (events new to the database, issues touched)."""
+    """Store the events (payloads as plain JSON); (events new to the database, issues
+    touched)."""
     if not records:
         return 0, []
+    rows = await asyncio.to_thread(_rows, records)
     async with pool.acquire() as conn:
         await partitions.ensure(conn, {day_of(r.received_at) for r in records})
         async with conn.transaction():
             await conn.execute(_STAGING)
-            await conn.copy_records_to_table(
-                "event_batch", records=[_row(n, r) for n, r in enumerate(records)],
-                columns=_COLUMNS)
-            rows = await conn.fetch(_WRITE)
-    new = rows[0]["new_events"] if rows else 0
+            await conn.copy_records_to_table("event_batch", records=rows, columns=_COLUMNS)
+            issues = await conn.fetch(_WRITE)
+    new = issues[0]["new_events"] if issues else 0
     return new, [IssueChange(r["id"], r["project_id"], r["title"], r["level"],
-                             r["event_count"], r["created"], r["regressed"]) for r in rows]
+                             r["event_count"], r["created"], r["regressed"]) for r in issues]
 
 
 def _check(record: EventRecord) -> None:

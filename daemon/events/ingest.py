@@ -1,0 +1,144 @@
+"""The acceptance point of the error tracker, shared by every source (Sentry endpoints,
+the native endpoint, UDP): normalize, fingerprint, append to the events journal.
+
+Like Sentry's Relay, every item that arrives ends in exactly one counted outcome:
+accepted, filtered (below the source's minimum level), rate_limited, invalid(reason) or
+refused (the journal is full). What is accepted is durable when `accept` returns
+(contract 1); Postgres is the batch writer's business, so a database outage never turns
+into an error for the SDK.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter
+
+from daemon.events.fingerprint import GROUPING_VERSION, grouping_hash
+from daemon.events.normalize import InvalidEvent, normalize_event
+from daemon.events.projects import Project
+from daemon.events.record import EventRecord, encode
+from daemon.journal import Journal, JournalFull
+from daemon.mail.ratelimit import TokenBucket
+
+LEVEL_ORDER = {"debug": 0, "info": 1, "warning": 2, "error": 3, "fatal": 4}
+
+
+class IngestMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.outcomes = Counter("egen_events_outcomes_total",
+                                "Events received, by source and outcome (accepted, "
+                                "filtered, rate_limited, invalid, refused).",
+                                ["source", "outcome"], registry=registry)
+        self.items = Counter("egen_events_envelope_items_total",
+                             "Sentry envelope items received, by type (only 'event' items "
+                             "are stored).", ["type"], registry=registry)
+
+
+class Refused(Exception):
+    """Nothing was stored: the journal is full or the project is over its rate limit.
+    `retry_after` is whole seconds, as the SDKs' Retry-After wants it."""
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Result:
+    """What became of one event: its id when accepted, else the outcome and why."""
+
+    outcome: str                  # accepted | filtered | invalid
+    event_id: str | None = None
+    error: str | None = None
+
+
+class Ingestor:
+    def __init__(self, journal: Journal, registry: CollectorRegistry, *,
+                 max_event_size: int, journal_retry_after: int = 10) -> None:
+        self.journal = journal
+        self.metrics = IngestMetrics(registry)
+        self.max_event_size = max_event_size
+        self.journal_retry_after = journal_retry_after
+        self._buckets: dict[int, tuple[int, TokenBucket]] = {}
+
+    def _bucket(self, project: Project) -> TokenBucket | None:
+        if project.rate_limit <= 0:
+            return None
+        found = self._buckets.get(project.id)
+        if found is None or found[0] != project.rate_limit:
+            bucket = TokenBucket(rate=project.rate_limit / 60.0, burst=project.rate_limit,
+                                 max_keys=1)
+            found = self._buckets[project.id] = (project.rate_limit, bucket)
+        return found[1]
+
+    def admit(self, project: Project, count: int, source: str) -> None:
+        """Take `count` events from the project's rate limit, or refuse them all."""
+        bucket = self._bucket(project)
+        if bucket is None or count == 0:
+            return
+        amount = min(float(count), bucket.burst)
+        if not bucket.take("", amount):
+            self.metrics.outcomes.labels(source, "rate_limited").inc(count)
+            wait = max(1, int(bucket.retry_after("", amount) + 0.999))
+            raise Refused(f"project {project.name!r} is over its rate limit of "
+                          f"{project.rate_limit} events per minute", wait)
+
+    def prepare(self, project: Project, data: dict[str, Any], *, source: str,
+                received: float, min_level: str | None = None,
+                raw: bytes | None = None) -> tuple[Result, bytes | None]:
+        """Normalize and fingerprint one event; (result, journal record or None). `raw` is
+        the JSON `data` was parsed from, kept as it is when nothing in it changed."""
+        try:
+            event = normalize_event(data, received=received)
+        except InvalidEvent as err:
+            self.metrics.outcomes.labels(source, "invalid").inc()
+            return Result("invalid", error=str(err)), None
+        if min_level is not None and LEVEL_ORDER[event.level] < LEVEL_ORDER[min_level]:
+            self.metrics.outcomes.labels(source, "filtered").inc()
+            return Result("filtered", event.event_id,
+                          f"level {event.level} is below {min_level}"), None
+        if raw is None or data.get("event_id") != event.event_id:
+            raw = orjson.dumps({**data, "event_id": event.event_id})
+        if len(raw) > self.max_event_size:
+            self.metrics.outcomes.labels(source, "invalid").inc()
+            return Result("invalid", event.event_id, f"event is larger than "
+                          f"{self.max_event_size} bytes (ingest.max_event_size)"), None
+        record = EventRecord(
+            project_id=project.id, event_id=event.event_id,
+            grouping_version=GROUPING_VERSION, fingerprint=grouping_hash(event),
+            title=event.title, culprit=event.culprit or "", level=event.level,
+            timestamp=event.timestamp, received_at=received,
+            environment=event.environment, release=event.release, payload=raw)
+        return Result("accepted", event.event_id), encode(record)
+
+    async def accept(self, project: Project, events: Sequence[dict[str, Any]], *,
+                     source: str, min_level: str | None = None,
+                     raws: Sequence[bytes] | None = None) -> list[Result]:
+        """Make the events durable (all of them in one journal append); one Result each.
+        `raws`, when given, are the JSON texts the events were parsed from. Raises Refused
+        when nothing could be stored."""
+        received = time.time()
+        results: list[Result] = []
+        records: list[bytes] = []
+        for i, data in enumerate(events):
+            result, record = self.prepare(project, data, source=source, received=received,
+                                          min_level=min_level,
+                                          raw=raws[i] if raws is not None else None)
+            results.append(result)
+            if record is not None:
+                records.append(record)
+        if records:
+            try:
+                await self.journal.append_many(records)
+            except JournalFull:
+                self.metrics.outcomes.labels(source, "refused").inc(len(records))
+                raise Refused("the events journal is full (the database is behind)",
+                              self.journal_retry_after) from None
+            self.metrics.outcomes.labels(source, "accepted").inc(len(records))
+        return results

@@ -1,0 +1,222 @@
+"""The Sentry-compatible and native ingest endpoints against a running egen, with bad
+input of every kind: each gets a precise error and stores nothing."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from daemon.app import App
+from tests.eventfixtures import base_url, events_config, issue_rows, stored
+from tests.mailfixtures import started_app
+from tests.test_app import proxied
+
+AUTH = {"X-Sentry-Auth": "Sentry sentry_key=appkey01, sentry_version=7"}
+
+
+def envelope(*events: dict[str, Any], header: dict[str, Any] | None = None,
+             extra_items: bytes = b"") -> bytes:
+    parts = [orjson.dumps(header or {})]
+    for event in events:
+        payload = orjson.dumps(event)
+        parts += [orjson.dumps({"type": "event", "length": len(payload)}), payload]
+    return b"\n".join(parts) + b"\n" + extra_items
+
+
+def error_event(value: str = "division by zero", **more: Any) -> dict[str, Any]:
+    return {"event_id": uuid.uuid4().hex, "level": "error", "platform": "python",
+            "exception": {"values": [{"type": "ZeroDivisionError", "value": value,
+                                      "stacktrace": {"frames": [
+                                          {"filename": "app/views.py", "function": "index",
+                                           "module": "app.views", "lineno": 10,
+                                           "in_app": True}]}}]}, **more}
+
+
+async def post(app: App, path: str, body: bytes, headers: dict[str, str] | None = None
+               ) -> tuple[int, Any, dict[str, str]]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session, session.post(
+            base_url(app) + path, data=io.BytesIO(body), headers=headers or {}) as response:
+        text = await response.read()
+        return (response.status, orjson.loads(text) if text else None,
+                dict(response.headers))
+
+
+@pytest.fixture
+async def app(tmp_path: Path, pg_url: str) -> Any:
+    async with started_app(events_config(tmp_path, pg_url)) as running:
+        yield running
+
+
+async def count_events(app: App) -> int:
+    await stored(app)
+    return await app.database.db.pool.fetchval("SELECT count(*) FROM events")
+
+
+async def test_accepted_event_answers_its_id_and_switches_off_other_categories(
+        app: App) -> None:
+    event = error_event()
+    status, body, headers = await post(app, "/api/1/envelope/", envelope(event), AUTH)
+    assert status == 200 and body == {"id": event["event_id"]}
+    limits = headers["X-Sentry-Rate-Limits"]
+    assert "transaction" in limits and "session" in limits and "error" not in limits
+    assert await count_events(app) == 1
+
+
+@pytest.mark.parametrize(("headers", "path", "status", "detail"), [
+    ({}, "/api/1/envelope/", 401, "missing authorization"),
+    ({"X-Sentry-Auth": "Sentry sentry_key=wrongkey"}, "/api/1/envelope/", 403,
+     "not valid for project 1"),
+    ({"X-Sentry-Auth": "Sentry sentry_key=webkey01"}, "/api/1/envelope/", 403,
+     "not valid for project 1"),
+    (AUTH, "/api/99/envelope/", 403, "not valid for project 99"),
+])
+async def test_wrong_key_or_project_is_refused_and_nothing_stored(
+        app: App, headers: dict[str, str], path: str, status: int, detail: str) -> None:
+    got, body, _ = await post(app, path, envelope(error_event()), headers)
+    assert got == status and detail in body["detail"]
+    assert await count_events(app) == 0
+
+
+async def test_key_from_query_and_from_the_envelope_dsn(app: App) -> None:
+    status, _, _ = await post(app, "/api/1/envelope/?sentry_key=appkey01",
+                              envelope(error_event()))
+    assert status == 200
+    dsn = "http://appkey01@example.invalid/1"
+    status, _, _ = await post(app, "/api/1/envelope/",
+                              envelope(error_event(), header={"dsn": dsn}))
+    assert status == 200
+    assert await count_events(app) == 2
+
+
+async def test_path_prefix_behind_a_reverse_proxy(app: App) -> None:
+    status, _, _ = await post(app, "/errors/sentry/api/1/envelope/",
+                              envelope(error_event()), AUTH)
+    assert status == 200 and await count_events(app) == 1
+
+
+@pytest.mark.parametrize(("body", "headers", "status", "detail"), [
+    (b"not json\n", {}, 400, "malformed envelope: envelope header"),
+    (b'{}\n{"type":"event","length":50}\n{}', {}, 400, "exceeds"),
+    (b'{}\n{"type":"event"}\n{"broken": \n', {}, 400, "malformed event: item 1"),
+    (b'{}\n{"type":"event"}\n[1,2]\n', {}, 400, "item 1"),
+    (b"\x1f\x8b garbage", {"Content-Encoding": "gzip"}, 400, "cannot decode the body"),
+    (b"x", {"Content-Encoding": "compress"}, 400, "unsupported Content-Encoding"),
+    (b'{}\n{"type":"event"}\n{"level": "loud"}\n', {}, 400, "level"),
+])
+async def test_malformed_bodies_get_precise_errors(app: App, body: bytes,
+                                                   headers: dict[str, str], status: int,
+                                                   detail: str) -> None:
+    got, answer, _ = await post(app, "/api/1/envelope/", body, {**AUTH, **headers})
+    assert got == status and detail in answer["detail"], answer
+    assert await count_events(app) == 0
+
+
+async def test_oversize_body_and_decompression_bomb_get_413(tmp_path: Path,
+                                                            pg_url: str) -> None:
+    config = events_config(tmp_path, pg_url,
+                           ingest='max_body_size = "64KiB"\nmax_event_size = "8KiB"\n')
+    async with started_app(config) as app:
+        big = envelope(error_event("x" * 100_000))
+        status, body, _ = await post(app, "/api/1/envelope/", big, AUTH)
+        assert status == 413 and "max_body_size" in body["detail"]
+        bomb = gzip.compress(b"{}\n" + b" " * 50_000_000)
+        status, body, _ = await post(app, "/api/1/envelope/", bomb,
+                                     {**AUTH, "Content-Encoding": "gzip"})
+        assert status == 413 and "decompressed body exceeds" in body["detail"]
+        status, body, _ = await post(app, "/api/1/envelope/",
+                                     envelope(error_event("y" * 20_000)), AUTH)
+        assert status == 413 and "max_event_size" in body["detail"]
+        assert await count_events(app) == 0
+
+
+async def test_duplicate_event_id_is_stored_and_counted_once(app: App) -> None:
+    event = error_event()
+    for _ in range(3):
+        status, _, _ = await post(app, "/api/1/envelope/", envelope(event), AUTH)
+        assert status == 200
+    assert await count_events(app) == 1
+    assert [r["count"] for r in await issue_rows(app)] == [1]
+
+
+async def test_other_item_types_are_accepted_not_stored(app: App) -> None:
+    items = (b'{"type":"session"}\n{"sid":"x","status":"ok"}\n'
+             b'{"type":"client_report"}\n{"discarded_events":[]}\n'
+             b'{"type":"attachment","length":3,"filename":"a.bin"}\nabc\n'
+             b'{"type":"brand_new_thing"}\n{}\n')
+    status, _, _ = await post(app, "/api/1/envelope/", envelope(error_event(),
+                                                                extra_items=items), AUTH)
+    assert status == 200 and await count_events(app) == 1
+    status, body, _ = await post(app, "/api/1/envelope/",
+                                 b'{}\n{"type":"transaction"}\n{}\n', AUTH)
+    assert status == 200 and body == {} and await count_events(app) == 1
+
+
+async def test_legacy_store_endpoint(app: App) -> None:
+    raw = orjson.dumps(error_event())
+    for body in (raw, base64.b64encode(zlib.compress(raw))):
+        status, _, _ = await post(app, "/api/1/store/", body, AUTH)
+        assert status == 200
+    status, answer, _ = await post(app, "/api/1/store/", b"%%%", AUTH)
+    assert status == 400 and "store body" in answer["detail"]
+    assert await count_events(app) == 1                 # the same event_id twice
+
+
+async def test_cors_preflight_and_origins(app: App) -> None:
+    url = base_url(app) + "/api/2/envelope/"
+    async with aiohttp.ClientSession() as session:
+        async with session.options(url, headers={
+                "Origin": "https://app.example.com",
+                "Access-Control-Request-Method": "POST"}) as response:
+            assert response.status == 200
+            assert response.headers["Access-Control-Allow-Origin"] == \
+                "https://app.example.com"
+            assert "x-sentry-auth" in response.headers["Access-Control-Allow-Headers"]
+        async with session.options(url, headers={"Origin": "https://evil.example"}) as r:
+            assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
+    status, body, _ = await post(app, "/api/2/envelope/?sentry_key=webkey01",
+                                 envelope(error_event()), {"Origin": "https://evil.example"})
+    assert status == 403 and "origin" in body["detail"]
+    status, _, headers = await post(app, "/api/2/envelope/?sentry_key=webkey01",
+                                    envelope(error_event()),
+                                    {"Origin": "https://app.example.com"})
+    assert status == 200
+    assert headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+
+
+async def test_project_rate_limit_speaks_the_sdk_language(app: App) -> None:
+    web = {"X-Sentry-Auth": "Sentry sentry_key=webkey01"}
+    statuses = []
+    for _ in range(7):
+        status, _, headers = await post(app, "/api/2/envelope/", envelope(error_event()), web)
+        statuses.append(status)
+    assert statuses == [200] * 5 + [429] * 2
+    assert int(headers["Retry-After"]) >= 1
+    assert headers["X-Sentry-Rate-Limits"].endswith("::project")
+    assert await count_events(app) == 5
+
+
+async def test_events_are_accepted_while_postgres_is_away(tmp_path: Path,
+                                                          pg_url: str) -> None:
+    proxy, _ = proxied(pg_url, 0)
+    await proxy.start()
+    _, url = proxied(pg_url, proxy.port)
+    try:
+        async with started_app(events_config(tmp_path, url)) as app:
+            proxy.cut()
+            for _ in range(3):
+                status, _, _ = await post(app, "/api/1/envelope/", envelope(error_event()),
+                                          AUTH)
+                assert status == 200
+            proxy.restore()
+            assert await count_events(app) == 3
+    finally:
+        await proxy.stop()
