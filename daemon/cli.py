@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from daemon import __version__
+from daemon.cli_events import add_events_verbs
 from daemon.cli_mail import add_mail_verbs
 from daemon.cli_queue import (
     QUEUE_STATUSES,  # noqa: F401 - moved with the queue noun; still importable here
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_queue_verbs(verbs, common)
     add_mail_verbs(verbs, common)
+    add_events_verbs(verbs, common)
     return parser
 
 

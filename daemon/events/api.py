@@ -1,0 +1,156 @@
+"""The operator API of the error tracker, for scripts and dashboards: list and inspect
+issues, resolve, ignore or reopen them, and read project totals.
+
+Every call needs `Authorization: Bearer <ingest.api_token>`; without a configured token
+the API answers 403 to everything, so it is never open by accident. Errors are JSON
+`{"detail": ...}` naming what was wrong, and a database that is away answers 503 (the
+caller may retry) rather than a 500.
+
+Routes (all JSON):
+  GET  /api/v1/issues                   {"issues": [...]}; filters: project, status (or
+                                        "all"), level, environment, q, sort, limit, offset
+  GET  /api/v1/issues/{id}              the issue, its latest events (?events=N) and trace
+  POST /api/v1/issues/{id}/resolve      the updated issue (also /ignore and /reopen)
+  GET  /api/v1/projects                 {"projects": [...]}
+  GET  /api/v1/projects/{project}/stats totals and events per hour (name or id)
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from daemon.db.pool import DatabaseError
+from daemon.events import queries
+from daemon.events.http_common import HttpError, error_response, json_response
+from daemon.logs import fields, get_logger
+from daemon.typedtoml import Secret
+
+log = get_logger("events.api")
+
+PREFIX = "/api/v1"
+# The pool is closed or being replaced, Postgres restarts, refuses connections, cancels
+# the statement (statement_timeout) or the network drops: worth retrying later.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    DatabaseError,
+    OSError,
+    TimeoutError,
+)
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+_STATUS_ACTIONS = {"resolve": "resolved", "ignore": "ignored", "reopen": "unresolved"}
+
+Work = Callable[[web.Request], Awaitable[Any]]
+
+
+def _int(request: web.Request, name: str, default: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not _INTEGER.fullmatch(text):
+        raise HttpError(400, f"{name}: not an integer: {text!r}")
+    return int(text)
+
+
+def _issue_id(request: web.Request) -> int:
+    text = request.match_info["id"]
+    if not _INTEGER.fullmatch(text):
+        raise HttpError(400, f"id: not an integer: {text!r}")
+    return int(text)
+
+
+class OperatorApi:
+    def __init__(self, pool: Callable[[], asyncpg.Pool], token: Secret | None) -> None:
+        self._pool = pool
+        self._token = token.reveal().encode() if token is not None else None
+
+    def mount(self, app: web.Application) -> None:
+        router = app.router
+        router.add_get(f"{PREFIX}/issues", self._handler(self._list_issues))
+        router.add_get(f"{PREFIX}/issues/{{id}}", self._handler(self._get_issue))
+        for action, status in _STATUS_ACTIONS.items():
+            router.add_post(f"{PREFIX}/issues/{{id}}/{action}",
+                            self._handler(self._status_setter(status)))
+        router.add_get(f"{PREFIX}/projects", self._handler(self._list_projects))
+        router.add_get(f"{PREFIX}/projects/{{project}}/stats",
+                       self._handler(self._project_stats))
+
+    def _authorize(self, request: web.Request) -> None:
+        if self._token is None:
+            raise HttpError(403, "the operator API is off: set ingest.api_token")
+        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if scheme.lower() != "bearer" or not given.strip():
+            raise HttpError(401, "missing bearer token: send 'Authorization: Bearer "
+                                 "<ingest.api_token>'", challenge)
+        # aiohttp decodes header bytes that are not UTF-8 as surrogates; undo that.
+        if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
+                                   self._token):
+            raise HttpError(401, "wrong bearer token", challenge)
+
+    def _handler(self, work: Work) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            try:
+                self._authorize(request)
+                return json_response(await work(request))
+            except HttpError as err:
+                return error_response(err)
+            except queries.QueryError as err:
+                return json_response({"detail": str(err)}, status=400)
+            except _UNAVAILABLE as err:
+                log.warning("operator API call failed: database unavailable", extra=fields(
+                    path=request.path, error=f"{type(err).__name__}: {err}"))
+                return json_response({"detail": "database unavailable"}, status=503)
+            except Exception:
+                log.exception("operator API call failed", extra=fields(path=request.path))
+                return json_response({"detail": "internal error (see the egen log)"},
+                                     status=500)
+
+        return handle
+
+    async def _list_issues(self, request: web.Request) -> dict[str, Any]:
+        q = request.query
+        status = q.get("status") or None
+        issues = await queries.list_issues(
+            self._pool(), project=q.get("project") or None,
+            status=None if status == "all" else status, level=q.get("level") or None,
+            environment=q.get("environment") or None, text=q.get("q") or None,
+            sort=q.get("sort") or "last_seen", limit=_int(request, "limit", 100),
+            offset=_int(request, "offset", 0))
+        return {"issues": issues}
+
+    async def _get_issue(self, request: web.Request) -> dict[str, Any]:
+        issue_id = _issue_id(request)
+        events = _int(request, "events", 10)
+        issue = await queries.get_issue(self._pool(), issue_id, events=events)
+        if issue is None:
+            raise HttpError(404, f"no issue with id {issue_id}")
+        return issue
+
+    def _status_setter(self, status: str) -> Work:
+        async def set_status(request: web.Request) -> dict[str, Any]:
+            issue_id = _issue_id(request)
+            issue = await queries.set_status(self._pool(), issue_id, status)
+            if issue is None:
+                raise HttpError(404, f"no issue with id {issue_id}")
+            return issue
+
+        return set_status
+
+    async def _list_projects(self, _request: web.Request) -> dict[str, Any]:
+        return {"projects": await queries.list_projects(self._pool())}
+
+    async def _project_stats(self, request: web.Request) -> dict[str, Any]:
+        project = request.match_info["project"]
+        try:
+            return await queries.project_stats(self._pool(), project)
+        except queries.UnknownProject as err:
+            raise HttpError(404, str(err)) from None
