@@ -220,3 +220,20 @@ async def test_events_are_accepted_while_postgres_is_away(tmp_path: Path,
             assert await count_events(app) == 3
     finally:
         await proxy.stop()
+
+
+async def test_two_nodes_sharing_a_database_count_one_bug_once(tmp_path: Path,
+                                                               pg_url: str) -> None:
+    """How egen scales out: two nodes, each with its own journal, one database."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with started_app(events_config(tmp_path / "a", pg_url)) as a, \
+            started_app(events_config(tmp_path / "b", pg_url)) as b:
+        for node in (a, b, a, b, b):
+            status, _, _ = await post(node, "/api/1/envelope/", envelope(error_event()), AUTH)
+            assert status == 200
+        await stored(a)
+        await stored(b)
+        rows = await issue_rows(a)
+    assert [(r["title"], r["count"]) for r in rows] == [
+        ("ZeroDivisionError: division by zero", 5)]
