@@ -3,14 +3,17 @@ sends is accepted, grouped into issues and counted."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 from pathlib import Path
 
+import aiohttp
 import orjson
 import sentry_sdk
 
 from daemon.events.record import decompress_payload
-from tests.eventfixtures import dsn, events_config, issue_rows, run_sdk, stored
+from tests.eventfixtures import base_url, dsn, events_config, issue_rows, run_sdk, stored
 from tests.mailfixtures import started_app
 
 
@@ -119,3 +122,43 @@ async def test_logging_integration_events(tmp_path: Path, pg_url: str) -> None:
         rows = await issue_rows(app)
     assert [(r["count"], r["level"]) for r in rows] == [(2, "error")]
     assert rows[0]["title"].startswith("payment p-")
+
+
+UNCAUGHT = """
+import sys
+import sentry_sdk
+sentry_sdk.init(sys.argv[1])
+
+def handler(request):
+    return 1 / request
+
+handler(0)
+"""
+
+
+async def test_an_uncaught_exception_in_a_program_shows_up_in_the_api(tmp_path: Path,
+                                                                      pg_url: str) -> None:
+    """What an application does: init with the DSN and crash; the SDK's excepthook sends
+    the event as the program exits. Read back through the operator API."""
+    script = tmp_path / "crash.py"
+    script.write_text(UNCAUGHT)
+    async with started_app(events_config(tmp_path, pg_url)) as app:
+        for _ in range(2):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(script), dsn(app), stderr=asyncio.subprocess.PIPE)
+            _, err = await proc.communicate()
+            assert proc.returncode == 1 and b"ZeroDivisionError" in err
+        await stored(app)
+        async with aiohttp.ClientSession(headers={
+                "Authorization": "Bearer test-api-token"}) as session:
+            async with session.get(base_url(app) + "/api/v1/issues") as response:
+                assert response.status == 200
+                issues = (await response.json())["issues"]
+            async with session.get(f"{base_url(app)}/api/v1/issues/{issues[0]['id']}") as r:
+                detail = await r.json()
+    assert [(i["title"], i["count"], i["level"]) for i in issues] == [
+        ("ZeroDivisionError: division by zero", 2, "error")]
+    assert issues[0]["culprit"] == "__main__ in handler"
+    frames = detail["stacktrace"][-1]["frames"]
+    assert [f["function"] for f in frames][-2:] == ["<module>", "handler"]
+    assert len(detail["events"]) == 2

@@ -90,7 +90,7 @@ class NativeEndpoint:
             indexes.append(record.index)
         invalid_lines = len(problems)
         if invalid_lines:
-            self.ingestor.metrics.outcomes.labels("native", "invalid").inc(invalid_lines)
+            self.ingestor.metrics.outcome("native", "invalid").inc(invalid_lines)
         self.ingestor.admit(project, len(events), "native")
         results = await self.ingestor.accept(project, events, source="native",
                                              min_level=project.min_level)

@@ -171,7 +171,7 @@ class SentryEndpoints:
         events = []
         raws = []
         for i, item in enumerate(items, 1):
-            self.ingestor.metrics.items.labels(_category(item.type)).inc()
+            self.ingestor.metrics.item(_category(item.type)).inc()
             if item.type != "event":
                 continue
             if len(item.payload) > self.settings.max_event_size:

@@ -37,6 +37,23 @@ class IngestMetrics:
         self.items = Counter("egen_events_envelope_items_total",
                              "Sentry envelope items received, by type (only 'event' items "
                              "are stored).", ["type"], registry=registry)
+        # labels() takes a lock and hashes its arguments: the children are kept at hand,
+        # as every event counts at least once (labels are few and fixed).
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def outcome(self, source: str, outcome: str) -> Any:
+        key = (source, outcome)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.outcomes.labels(source, outcome)
+        return child
+
+    def item(self, item_type: str) -> Any:
+        key = ("item", item_type)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.items.labels(item_type)
+        return child
 
 
 class Refused(Exception):
@@ -84,7 +101,7 @@ class Ingestor:
             return
         amount = min(float(count), bucket.burst)
         if not bucket.take("", amount):
-            self.metrics.outcomes.labels(source, "rate_limited").inc(count)
+            self.metrics.outcome(source, "rate_limited").inc(count)
             wait = max(1, int(bucket.retry_after("", amount) + 0.999))
             raise Refused(f"project {project.name!r} is over its rate limit of "
                           f"{project.rate_limit} events per minute", wait)
@@ -97,16 +114,16 @@ class Ingestor:
         try:
             event = normalize_event(data, received=received)
         except InvalidEvent as err:
-            self.metrics.outcomes.labels(source, "invalid").inc()
+            self.metrics.outcome(source, "invalid").inc()
             return Result("invalid", error=str(err)), None
         if min_level is not None and LEVEL_ORDER[event.level] < LEVEL_ORDER[min_level]:
-            self.metrics.outcomes.labels(source, "filtered").inc()
+            self.metrics.outcome(source, "filtered").inc()
             return Result("filtered", event.event_id,
                           f"level {event.level} is below {min_level}"), None
         if raw is None or data.get("event_id") != event.event_id:
             raw = orjson.dumps({**data, "event_id": event.event_id})
         if len(raw) > self.max_event_size:
-            self.metrics.outcomes.labels(source, "invalid").inc()
+            self.metrics.outcome(source, "invalid").inc()
             return Result("invalid", event.event_id, f"event is larger than "
                           f"{self.max_event_size} bytes (ingest.max_event_size)"), None
         record = EventRecord(
@@ -137,8 +154,8 @@ class Ingestor:
             try:
                 await self.journal.append_many(records)
             except JournalFull:
-                self.metrics.outcomes.labels(source, "refused").inc(len(records))
+                self.metrics.outcome(source, "refused").inc(len(records))
                 raise Refused("the events journal is full (the database is behind)",
                               self.journal_retry_after) from None
-            self.metrics.outcomes.labels(source, "accepted").inc(len(records))
+            self.metrics.outcome(source, "accepted").inc(len(records))
         return results

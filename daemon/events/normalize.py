@@ -305,11 +305,32 @@ def _frames(value: Any, path: str) -> tuple[Frame, ...]:
         return ()
     if not isinstance(raw, list):
         raise _wrong(f"{path}.frames", "a list", raw)
-    frames = [_frame(item, f"{path}.frames[{index}]")
+    frames = [_plain_frame(item) or _frame(item, f"{path}.frames[{index}]")
               for index, item in enumerate(raw) if item is not None]
     if len(frames) > MAX_FRAMES:
         frames = frames[:MAX_FRAMES // 2] + frames[-(MAX_FRAMES // 2):]
     return tuple(frames)
+
+
+def _plain_frame(obj: Any) -> Frame | None:
+    """A frame as SDKs send nearly all of them (strings, an int line, a bool in_app), read
+    without building the error path `_frame` needs; None means "let `_frame` look"."""
+    if type(obj) is not dict:
+        return None
+    lineno = obj.get("lineno")
+    in_app = obj.get("in_app")
+    if (lineno is not None and (type(lineno) is not int or lineno < 0)) or (
+            in_app is not None and type(in_app) is not bool):
+        return None
+    filename = obj.get("filename")
+    abs_path = obj.get("abs_path")
+    module = obj.get("module")
+    function = obj.get("function")
+    context_line = obj.get("context_line")
+    for text in (filename, abs_path, module, function, context_line):
+        if text is not None and (type(text) is not str or len(text) > MAX_FIELD):
+            return None
+    return Frame(filename, abs_path, module, function, lineno, in_app, context_line)
 
 
 def _frame(value: Any, path: str) -> Frame:
