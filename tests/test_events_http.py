@@ -237,3 +237,34 @@ async def test_two_nodes_sharing_a_database_count_one_bug_once(tmp_path: Path,
         rows = await issue_rows(a)
     assert [(r["title"], r["count"]) for r in rows] == [
         ("ZeroDivisionError: division by zero", 5)]
+
+
+async def test_a_full_journal_answers_429_and_the_shipper_endpoint_503(tmp_path: Path,
+                                                                       pg_url: str) -> None:
+    proxy, _ = proxied(pg_url, 0)
+    await proxy.start()
+    _, url = proxied(pg_url, proxy.port)
+    config = events_config(tmp_path, url, extra='[journal]\nmax_size = "8KiB"\n'
+                                                'segment_size = "4KiB"\n')
+    try:
+        async with started_app(config) as app:
+            proxy.cut()
+            statuses = []
+            for _ in range(12):
+                status, body, headers = await post(
+                    app, "/api/1/envelope/", envelope(error_event("z" * 1500)), AUTH)
+                statuses.append(status)
+            assert statuses[0] == 200 and statuses[-1] == 429
+            assert "journal is full" in body["detail"]
+            assert int(headers["Retry-After"]) >= 1
+            assert headers["X-Sentry-Rate-Limits"].endswith("::organization")
+            status, _, headers = await post(app, "/api/v1/events",
+                                            orjson.dumps({"message": "m" * 5000,
+                                                          "level": "error"}),
+                                            {"Authorization": "Bearer appkey01"})
+            assert status == 503 and int(headers["Retry-After"]) >= 1
+            proxy.restore()
+            accepted = statuses.count(200)
+            assert await count_events(app) == accepted
+    finally:
+        await proxy.stop()
