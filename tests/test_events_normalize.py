@@ -253,6 +253,8 @@ def test_tags(tags: Any, expected: tuple[tuple[str, str], ...]) -> None:
     ({"logentry": {"message": "100% done"}}, "100% done", "100% done"),
     ({"logentry": {"message": "%999999999d", "params": [1]}}, "%999999999d", "%999999999d"),
     ({"logentry": {"message": "%s", "params": [["a"]]}}, "%s", "%s"),
+    ({"logentry": {"message": "v=%s", "params": 5}}, "v=%s", "v=%s"),
+    ({"logentry": {"message": "v=%s", "params": "ab"}}, "v=%s", "v=%s"),
     ({"logentry": {"message": "%(a)s" * 100, "params": {"a": "x"}}}, "%(a)s" * 100, "%(a)s" * 100),
     ({"logentry": {"formatted": "shown", "message": "tmpl %s"}, "message": "other"},
      "shown", "tmpl %s"),
@@ -328,6 +330,25 @@ KEYS = st.sampled_from([
 ])
 
 
+FRAME = st.fixed_dictionaries({}, optional=dict.fromkeys(
+    ("lineno", "in_app", "module", "filename", "abs_path", "function", "context_line"), JSON))
+STACKTRACE = JSON | st.fixed_dictionaries({}, optional={"frames": st.lists(FRAME | JSON,
+                                                                             max_size=4)})
+EXCEPTION = st.fixed_dictionaries({}, optional={
+    "type": JSON, "value": JSON, "module": JSON, "stacktrace": STACKTRACE,
+    "mechanism": JSON | st.fixed_dictionaries({}, optional={"handled": JSON})})
+SHAPED = st.fixed_dictionaries({}, optional={
+    "exception": st.fixed_dictionaries({"values": st.lists(EXCEPTION | st.none(), max_size=3)})
+    | st.lists(EXCEPTION, max_size=3) | EXCEPTION | JSON,
+    "logentry": st.fixed_dictionaries({}, optional=dict.fromkeys(
+        ("message", "params", "formatted"), JSON | st.sampled_from(["%s %d", "%(a)s", "x"]))),
+    "message": JSON, "stacktrace": STACKTRACE, "tags": JSON, "timestamp": JSON | st.text(),
+    "threads": st.lists(st.fixed_dictionaries({}, optional={
+        "stacktrace": STACKTRACE, "crashed": JSON, "current": JSON}), max_size=3) | JSON,
+    "fingerprint": st.lists(JSON | st.sampled_from(["{{ default }}", "{{type}}"]), max_size=3),
+})
+
+
 def _settles(data: Any) -> None:
     try:
         event = norm(data)
@@ -341,6 +362,12 @@ def _settles(data: Any) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(KEYS | st.text(max_size=8), JSON, max_size=8))
 def test_arbitrary_json_is_an_event_or_invalid(data: dict[str, Any]) -> None:
+    _settles(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(SHAPED)
+def test_sentry_shaped_json_is_an_event_or_invalid(data: dict[str, Any]) -> None:
     _settles(data)
 
 

@@ -252,10 +252,10 @@ def _breadcrumbs() -> list[dict[str, Any]]:
     return transport.events
 
 
-def _message(text: str, level: str = "info") -> Callable[[], list[dict[str, Any]]]:
+def _message(text: str) -> Callable[[], list[dict[str, Any]]]:
     def run() -> list[dict[str, Any]]:
         with sdk() as transport:
-            sentry_sdk.capture_message(text, level=level)  # type: ignore[arg-type]
+            sentry_sdk.capture_message(text)
         return transport.events
     return run
 
