@@ -8,23 +8,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from daemon import __version__
+from daemon.cli_common import load_settings, with_database
 from daemon.cli_events import add_events_verbs
 from daemon.cli_mail import add_mail_verbs
 from daemon.cli_queue import (
     QUEUE_STATUSES,  # noqa: F401 - moved with the queue noun; still importable here
     add_queue_verbs,
 )
-from daemon.config import ConfigError, Settings, load, resolve_path, summary
+from daemon.config import ConfigError, summary
 from daemon.db.pool import DatabaseError
 
 if TYPE_CHECKING:
-    import asyncpg
+    pass
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 T = TypeVar("T")
@@ -72,10 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_settings(args: argparse.Namespace) -> Settings:
-    return load(resolve_path(getattr(args, "config", None)))
-
-
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     rows = summary(settings)
@@ -86,29 +83,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for key, value in rows:
             sys.stdout.write(f"{key:<{width}}  {value}\n")
     return EXIT_OK
-
-
-def with_database(args: argparse.Namespace,
-                  work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-    """Run one operator verb against the config's database (the embedded one included:
-    it is adopted if the daemon runs it, else started for the verb and stopped after)."""
-    import uvloop
-
-    from daemon.app import database_for
-    from daemon.logs import setup_logging
-
-    settings = load_settings(args)
-    setup_logging("warning", settings.log.format)
-
-    async def main() -> T:
-        db = database_for(settings, owns_embedded=False)
-        await db.start()
-        try:
-            return await work(db.pool)
-        finally:
-            await db.stop()
-
-    return uvloop.run(main())
 
 
 def cmd_nodes_list(args: argparse.Namespace) -> int:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from daemon.cli_common import load_settings, positive_int, with_database
 from daemon.cli_output import print_json, print_table
 from daemon.events import queries
 from daemon.events.dsn import dsn
@@ -50,7 +50,7 @@ def add_events_verbs(verbs: argparse._SubParsersAction,
     issue_list.add_argument("--sort", default="last_seen", choices=_SORTS,
                             help="newest last_seen, newest first_seen, or most events "
                                  "first (default: last_seen)")
-    issue_list.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+    issue_list.add_argument("--limit", type=positive_int, default=100, metavar="N",
                             help=f"show at most N issues (default: 100, at most "
                                  f"{queries.MAX_LIMIT})")
     issue_list.add_argument("--json", action="store_true", help="print JSON")
@@ -101,35 +101,12 @@ def add_events_verbs(verbs: argparse._SubParsersAction,
     project_list.set_defaults(func=cmd_project_list)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return value
-
-
 def _project_id(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value > 2**31 - 1:
         raise argparse.ArgumentTypeError(f"{text!r} is above the largest project id, "
                                          "2147483647")
     return value
-
-
-def _with_database(args: argparse.Namespace,
-                   work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-    from daemon.cli import with_database  # noqa: PLC0415 - daemon.cli imports this module
-
-    return with_database(args, work)
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    from daemon.cli import load_settings  # noqa: PLC0415 - daemon.cli imports this module
-
-    return load_settings(args)
 
 
 def _fail(message: str, code: int) -> int:
@@ -151,7 +128,7 @@ def _status(issue: dict[str, Any]) -> str:
 
 def cmd_issues_list(args: argparse.Namespace) -> int:
     try:
-        rows = _with_database(args, lambda pool: queries.list_issues(
+        rows = with_database(args, lambda pool: queries.list_issues(
             pool, project=args.project, status=None if args.status == "all" else args.status,
             level=args.level, environment=args.environment, text=args.query, sort=args.sort,
             limit=args.limit))
@@ -172,7 +149,7 @@ def cmd_issues_list(args: argparse.Namespace) -> int:
 
 def cmd_issues_show(args: argparse.Namespace) -> int:
     try:
-        issue = _with_database(args, lambda pool: queries.get_issue(
+        issue = with_database(args, lambda pool: queries.get_issue(
             pool, args.id, events=args.events))
     except queries.QueryError as err:
         return _fail(str(err), EXIT_USAGE)
@@ -235,7 +212,7 @@ def format_trace(exceptions: list[dict[str, Any]]) -> str:
 
 
 def cmd_issues_status(args: argparse.Namespace) -> int:
-    issue = _with_database(args, lambda pool: queries.set_status(pool, args.id, args.status))
+    issue = with_database(args, lambda pool: queries.set_status(pool, args.id, args.status))
     if issue is None:
         return _fail(f"no issue with id {args.id}", EXIT_FAILURE)
     if args.json:
@@ -261,7 +238,7 @@ def _config_clash(settings: Settings, args: argparse.Namespace) -> str | None:
 def cmd_project_add(args: argparse.Namespace) -> int:
     from daemon.events.projects import add_project  # noqa: PLC0415 - keeps --help fast
 
-    settings = _settings(args)
+    settings = load_settings(args)
     clash = _config_clash(settings, args)
     if clash is not None:
         return _fail(clash, EXIT_FAILURE)
@@ -275,7 +252,7 @@ def cmd_project_add(args: argparse.Namespace) -> int:
         return await add_project(pool, args.name, project_id=project_id, key=args.key)
 
     try:
-        project = _with_database(args, add)
+        project = with_database(args, add)
     except ValueError as err:
         return _fail(str(err), EXIT_FAILURE)
     [key] = project.keys
@@ -286,8 +263,8 @@ def cmd_project_add(args: argparse.Namespace) -> int:
 
 
 def cmd_project_list(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    projects = _with_database(args, queries.list_projects)
+    settings = load_settings(args)
+    projects = with_database(args, queries.list_projects)
     for project in projects:
         project["dsns"] = [dsn(settings.ingest.public_url, settings.http.listen[0], key,
                                project["id"]) for key in project["keys"]]

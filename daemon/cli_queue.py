@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from daemon.cli_common import positive_int, with_database
 from daemon.cli_output import print_json, print_table
 from daemon.mail import queue_admin
 from daemon.mail.queue_store import PENDING, list_messages, show_message
 from daemon.units import parse_duration
 
 if TYPE_CHECKING:
-    import asyncpg
+    pass
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 QUEUE_STATUSES = ("queued", "delivering", "deferred", "delivered", "bounced", "expired")
@@ -39,7 +39,7 @@ def add_queue_verbs(verbs: argparse._SubParsersAction, common: argparse.Argument
         "--status", default="pending", choices=["pending", "all", *QUEUE_STATUSES],
         help="only messages with a recipient in this status (pending: queued, delivering "
              "or deferred; all: every stored message; default: pending)")
-    queue_list.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+    queue_list.add_argument("--limit", type=positive_int, default=100, metavar="N",
                             help="show at most N messages (default: 100)")
     queue_list.set_defaults(func=cmd_queue_list)
 
@@ -101,27 +101,10 @@ def add_queue_verbs(verbs: argparse._SubParsersAction, common: argparse.Argument
     log.add_argument("--id", metavar="QUEUE_ID", help="only this message")
     log.add_argument("--since", metavar="DURATION",
                      help="only events of the last DURATION (30m, 1h, 2d)")
-    log.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+    log.add_argument("--limit", type=positive_int, default=100, metavar="N",
                      help="show at most N events (default: 100)")
     log.add_argument("--json", action="store_true", help="print JSON")
     log.set_defaults(func=cmd_mail_log)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return value
-
-
-def _with_database(args: argparse.Namespace,
-                   work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-    from daemon.cli import with_database  # noqa: PLC0415 - daemon.cli imports this module
-
-    return with_database(args, work)
 
 
 def _age(seconds: float) -> str:
@@ -142,7 +125,7 @@ def _plural(count: int, noun: str) -> str:
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
     statuses = {"pending": PENDING, "all": None}.get(args.status, (args.status,))
-    rows = _with_database(args, lambda pool: list_messages(
+    rows = with_database(args, lambda pool: list_messages(
         pool, statuses=statuses, limit=args.limit))
     if args.json:
         print_json(rows)
@@ -160,7 +143,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
-    message = _with_database(args, lambda pool: show_message(pool, args.id))
+    message = with_database(args, lambda pool: show_message(pool, args.id))
     if message is None:
         sys.stderr.write(f"egen: no message with queue ID {args.id!r}\n")
         return EXIT_FAILURE
@@ -203,7 +186,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 def cmd_queue_retry(args: argparse.Namespace) -> int:
     if args.all:
         return _flush(args, by="egen queue retry --all")
-    result = _with_database(args, lambda pool: queue_admin.retry_message(pool, args.id))
+    result = with_database(args, lambda pool: queue_admin.retry_message(pool, args.id))
     if result is None:
         sys.stderr.write(f"egen: no message with queue ID {args.id!r}\n")
         return EXIT_FAILURE
@@ -223,7 +206,7 @@ def cmd_queue_flush(args: argparse.Namespace) -> int:
 
 
 def _flush(args: argparse.Namespace, *, by: str) -> int:
-    count = _with_database(args, lambda pool: queue_admin.retry_deferred(pool, by=by))
+    count = with_database(args, lambda pool: queue_admin.retry_deferred(pool, by=by))
     if args.json:
         print_json({"rescheduled": count})
     else:
@@ -233,7 +216,7 @@ def _flush(args: argparse.Namespace, *, by: str) -> int:
 
 def cmd_queue_delete(args: argparse.Namespace) -> int:
     try:
-        result = _with_database(args, lambda pool: queue_admin.delete_message(
+        result = with_database(args, lambda pool: queue_admin.delete_message(
             pool, args.id, force=args.force))
     except queue_admin.BeingDelivered as busy:
         until = max(lease.until for lease in busy.leases)
@@ -294,7 +277,7 @@ def cmd_mail_log(args: argparse.Namespace) -> int:
         except ValueError as err:
             sys.stderr.write(f"egen: --since: {err}\n")
             return EXIT_USAGE
-    rows = _with_database(args, lambda pool: queue_admin.read_log(
+    rows = with_database(args, lambda pool: queue_admin.read_log(
         pool, to=_address(args.to), sender=_address(args.sender), queue_id=args.id,
         since=since, limit=args.limit))
     if args.json:
