@@ -15,11 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daemon.events.eventtext import MAX_NAME, MAX_TITLE
 from daemon.events.fingerprint import grouping_hash
 from daemon.events.normalize import (
     LEVELS,
-    MAX_NAME,
-    MAX_TITLE,
     Event,
     Frame,
     InvalidEvent,

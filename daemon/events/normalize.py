@@ -18,21 +18,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from daemon.events.eventtext import (
+    MAX_NAME,
+    culprit,
+    format_message,
+    huge,
+    title,
+    truncate,
+)
+
 LEVELS = ("debug", "info", "warning", "error", "fatal")
 _LEVEL_ALIASES = {"warn": "warning", "critical": "fatal", "log": "info"}
 _EVENT_ID = re.compile(r"[0-9a-f]{8}(-?)[0-9a-f]{4}\1[0-9a-f]{4}\1[0-9a-f]{4}\1[0-9a-f]{12}",
                        re.IGNORECASE)
 _FRAME_STRINGS = ("filename", "abs_path", "module", "function", "context_line")
 _EPOCH = re.compile(r"\s*\d+(?:\.\d*)?\s*")
-_WIDE_FORMAT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\d*\.)?(?:\*|\d{4,})")
-_MAX_PLACEHOLDERS = 64
 
 # Length caps in characters, as Relay trims them.
-MAX_TITLE = 1024
 MAX_SHORT = 64  # logger, platform, environment
-MAX_NAME = 200  # culprit, transaction, release, server_name, tags, fingerprint entries
 MAX_TEXT = 8192  # messages, exception values
-MAX_PARAM = 1024  # a message param, before formatting
 MAX_FIELD = 1024  # exception types and modules, frame fields
 MAX_FRAMES = 250  # per stack trace; the middle of a deeper one is dropped
 MAX_EXCEPTIONS = 50  # per chain; the outermost ones are kept
@@ -104,8 +108,8 @@ def normalize_event(data: dict[str, Any], *, received: float) -> Event:
         message_template=template,
         exceptions=exceptions,
         stacktrace=stacktrace,
-        title=_title(exceptions, message),
-        culprit=_culprit(transaction, exceptions, stacktrace),
+        title=title(exceptions, message),
+        culprit=culprit(transaction, exceptions, stacktrace),
         transaction=transaction or None,
         release=_lenient(data.get("release"), "release", MAX_NAME),
         environment=_lenient(data.get("environment"), "environment", MAX_SHORT),
@@ -121,22 +125,14 @@ def _describe(value: Any) -> str:
     if isinstance(value, dict | list):
         return "an object" if isinstance(value, dict) else "a list"
     if isinstance(value, str):
-        return repr(_truncate(value, 40))
-    if _huge(value):
+        return repr(truncate(value, 40))
+    if huge(value):
         return "a huge integer"
     return json.dumps(value, default=repr)
 
 
-def _huge(value: Any) -> bool:
-    return isinstance(value, int) and abs(value) >= 10**40
-
-
 def _wrong(path: str, expected: str, value: Any) -> InvalidEvent:
     return InvalidEvent(f"{path}: expected {expected}, got {_describe(value)}")
-
-
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _object(value: Any, path: str) -> dict[str, Any]:
@@ -152,7 +148,7 @@ def _string(obj: dict[str, Any], key: str, prefix: str, limit: int) -> str | Non
         return None
     if not isinstance(value, str):
         raise _wrong(f"{prefix}.{key}" if prefix else key, "a string", value)
-    return _truncate(value, limit)
+    return truncate(value, limit)
 
 
 def _lenient(value: Any, path: str, limit: int, *, objects: bool = False) -> str | None:
@@ -162,7 +158,7 @@ def _lenient(value: Any, path: str, limit: int, *, objects: bool = False) -> str
         return None
     if isinstance(value, str):
         text = value.strip()
-    elif isinstance(value, int | float) and not _huge(value):
+    elif isinstance(value, int | float) and not huge(value):
         text = json.dumps(value)
     elif objects and isinstance(value, dict | list):
         try:
@@ -171,7 +167,7 @@ def _lenient(value: Any, path: str, limit: int, *, objects: bool = False) -> str
             raise _wrong(path, "a string", value) from None
     else:
         raise _wrong(path, "a string", value)
-    return _truncate(text, limit) if text else None
+    return truncate(text, limit) if text else None
 
 
 def _event_id(value: Any) -> str:
@@ -225,7 +221,7 @@ def _message(data: dict[str, Any]) -> tuple[str | None, str | None]:
         params = entry.get("params")
     message = data.get("message")
     if isinstance(message, str):
-        formatted = formatted or _truncate(message, MAX_TEXT)
+        formatted = formatted or truncate(message, MAX_TEXT)
     elif isinstance(message, dict):
         formatted = formatted or _string(message, "formatted", "message", MAX_TEXT)
         if template is None:
@@ -234,25 +230,8 @@ def _message(data: dict[str, Any]) -> tuple[str | None, str | None]:
     elif message is not None:
         raise _wrong("message", "a string or an object", message)
     if not formatted and template:
-        formatted = _truncate(_format(template, params), MAX_TEXT)
+        formatted = truncate(format_message(template, params), MAX_TEXT)
     return formatted or None, template or None
-
-
-def _format(template: str, params: Any) -> str:
-    """`template % params` as the SDK's logging call would have done, or the template. Only
-    scalar params, bounded in length and count: a small payload must not format into a huge
-    string (`%(a)s` may repeat, widths may be large)."""
-    items = (params.items() if isinstance(params, dict)
-             else enumerate(params) if isinstance(params, list) else ())
-    clean = {k: _truncate(v, MAX_PARAM) if isinstance(v, str) else v for k, v in items}
-    if (not clean or template.count("%") > _MAX_PLACEHOLDERS or _WIDE_FORMAT.search(template)
-            or any(isinstance(v, dict | list) or _huge(v) for v in clean.values())):
-        return template
-    args = clean if isinstance(params, dict) else tuple(clean.values())
-    try:
-        return template % args
-    except (TypeError, ValueError, KeyError, IndexError, OverflowError):
-        return template
 
 
 def _values(value: Any, path: str, single_keys: tuple[str, ...]) -> tuple[list[Any], str]:
@@ -375,7 +354,7 @@ def _tags(value: Any) -> tuple[tuple[str, str], ...]:
         return ()
     pairs: list[tuple[Any, Any, str]] = []
     if isinstance(value, dict):
-        pairs = [(key, item, f"tags.{_truncate(str(key), 40)}") for key, item in value.items()]
+        pairs = [(key, item, f"tags.{truncate(str(key), 40)}") for key, item in value.items()]
     elif isinstance(value, list):
         for index, pair in enumerate(value):
             if pair is None:
@@ -390,7 +369,7 @@ def _tags(value: Any) -> tuple[tuple[str, str], ...]:
         if not isinstance(key, str):
             raise _wrong(path, "a string key", key)
         text = _lenient(item, path, MAX_NAME)
-        name = _truncate(key.strip(), MAX_NAME)
+        name = truncate(key.strip(), MAX_NAME)
         if text is not None and name:
             tags.setdefault(name, text)
     return tuple(tags.items())
@@ -403,40 +382,4 @@ def _fingerprint(value: Any) -> tuple[str, ...] | None:
         raise _wrong("fingerprint", "a list of strings", value)
     entries = [item if isinstance(item, str) else _lenient(item, f"fingerprint[{index}]", MAX_NAME)
                for index, item in enumerate(value) if item is not None]
-    return tuple(_truncate(entry or "", MAX_NAME) for entry in entries) or None
-
-
-def _first_line(text: str | None) -> str:
-    for line in (text or "").splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
-
-
-def _title(exceptions: tuple[ExceptionInfo, ...], message: str | None) -> str:
-    """Sentry's title: `Type: first line of value` of the top-level exception, else the
-    message's first line."""
-    if exceptions:
-        top = exceptions[-1]
-        line = _first_line(top.value)
-        title = f"{top.type or 'Error'}: {line}" if line else top.type or "Error"
-    else:
-        title = _first_line(message) or "<unlabeled event>"
-    return _truncate(title, MAX_TITLE)
-
-
-def _culprit(transaction: str | None, exceptions: tuple[ExceptionInfo, ...],
-             stacktrace: tuple[Frame, ...]) -> str:
-    """The transaction, else `module in function` of the most recent in-app frame (else the
-    most recent frame) of the top-level exception, or of the nearest exception in its chain
-    that has frames, or of the event's own stack trace."""
-    if transaction:
-        return _truncate(transaction, MAX_NAME)
-    frames = next((exc.frames for exc in reversed(exceptions) if exc.frames), stacktrace)
-    if not frames:
-        return ""
-    frame = next((f for f in reversed(frames) if f.in_app), frames[-1])
-    location = frame.module or frame.filename or frame.abs_path
-    if not location:
-        return ""
-    return _truncate(f"{location} in {frame.function}" if frame.function else location, MAX_NAME)
+    return tuple(truncate(entry or "", MAX_NAME) for entry in entries) or None
