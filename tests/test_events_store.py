@@ -169,3 +169,16 @@ async def test_retention_trims_samples_but_keeps_counts(db: Database) -> None:
     assert counts == {"busy": 7, "old": 1}
     again = await enforce(db.pool, partitions, settings, now=datetime.fromtimestamp(now, UTC))
     assert again == {"partitions": 0, "event_ids": 0, "events": 0}
+
+
+def test_compression_from_many_threads_at_once() -> None:
+    """Batches are compressed in worker threads, several at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from daemon.events.record import compress, decompress_payload
+
+    payloads = [orjson.dumps({"n": n, "text": "x" * (n % 5000)}) for n in range(2000)]
+    with ThreadPoolExecutor(8) as pool:
+        packed = list(pool.map(compress, payloads))
+        unpacked = list(pool.map(decompress_payload, packed))
+    assert unpacked == payloads

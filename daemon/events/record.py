@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
 from dataclasses import dataclass
 
 import orjson
@@ -18,8 +19,9 @@ import zstandard
 
 MAGIC = b"EV1"
 _LENGTH = struct.Struct(">I")
-_compressor = zstandard.ZstdCompressor(level=3)
-_decompressor = zstandard.ZstdDecompressor()
+# zstandard's (de)compressor objects must not be shared between threads (concurrent use
+# crashes the process), and batches are compressed in worker threads: one per thread.
+_local = threading.local()
 
 
 class RecordError(ValueError):
@@ -43,11 +45,17 @@ class EventRecord:
 
 
 def compress(data: bytes) -> bytes:
-    return _compressor.compress(data)
+    compressor = getattr(_local, "compressor", None)
+    if compressor is None:
+        compressor = _local.compressor = zstandard.ZstdCompressor(level=3)
+    return compressor.compress(data)
 
 
 def decompress_payload(data: bytes, limit: int = 64 * 2**20) -> bytes:
-    return _decompressor.decompress(data, max_output_size=limit)
+    decompressor = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+    return decompressor.decompress(data, max_output_size=limit)
 
 
 def encode(record: EventRecord) -> bytes:
