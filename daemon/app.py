@@ -27,6 +27,7 @@ from daemon.events.partitions import Partitions
 from daemon.events.projects import ProjectRegistry
 from daemon.events.retention import Retention
 from daemon.events.store import event_store
+from daemon.events.udp import UdpIngest
 from daemon.journal import Journal, JournalMetrics, Record
 from daemon.logs import fields, get_logger, setup_logging
 from daemon.mail.delivery import DeliveryWorker
@@ -167,6 +168,8 @@ class App:
         NativeEndpoint(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
         OperatorApi(lambda: self.database.db.pool,
                     settings.ingest.api_token).mount(self.http.app)
+        self.udp = UdpIngest(list(settings.ingest.udp), self.ingestor, self.projects,
+                             self.registry)
         self.http.add_readiness_check("database", self.database.readiness)
         self.http.add_readiness_check("journal", self.journals.readiness)
         self.on_reload(self.smtp.reload)
@@ -175,7 +178,7 @@ class App:
         self.components: list[Component] = [self.database, self.journals, self.projects,
                                              self.mail_flusher, self.events_flusher,
                                              self.retention, self.smtp, self.delivery,
-                                             self.http]
+                                             self.udp, self.http]
 
     async def _store_mail(self, records: list[Record]) -> None:
         await mail_store(self.database.db.pool)(records)

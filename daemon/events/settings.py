@@ -8,11 +8,13 @@ a DSN that could never work stops the daemon at start.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from daemon.typedtoml import SIZE, Invalid, Secret
+from daemon.units import HostPort
 
 Level = Literal["debug", "info", "warning", "error", "fatal"]
 # Sentry's public keys are 32 hex digits; egen accepts any URL-safe token so an operator
@@ -67,6 +69,38 @@ class ProjectSettings:
             raise Invalid("rate_limit", "must be 0 (no limit) or more")
 
 
+Format = Literal["gelf", "json", "syslog"]
+
+
+@dataclass(frozen=True)
+class DatagramListenerSettings:
+    """A UDP listener for log shippers: GELF, JSON or syslog datagrams for one project
+    (datagrams carry no key, so the listener names the project)."""
+
+    listen: HostPort
+    project: str
+    formats: list[Format] = field(default_factory=lambda: ["gelf", "json", "syslog"])
+    # Senders allowed to post; datagrams from elsewhere are dropped and counted.
+    allowed_sources: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # Lines below this level are counted as filtered, not stored.
+    min_level: Level = "warning"
+
+    @property
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(text, strict=False) for text in self.allowed_sources)
+
+    def check(self) -> None:
+        check_name(self.project, "project")
+        if not self.formats:
+            raise Invalid("formats", "needs at least one of gelf, json, syslog")
+        for i, text in enumerate(self.allowed_sources):
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise Invalid(f"allowed_sources[{i}]", f'"{text}" is not a network (use '
+                              'CIDR, e.g. "10.0.0.0/8")') from None
+
+
 @dataclass(frozen=True)
 class IngestSettings:
     # Largest decompressed request body (an envelope, a shipper batch): Vector batches up
@@ -83,6 +117,8 @@ class IngestSettings:
     # How long events are kept, and how many per issue (issue counts stay exact).
     retention_days: int = 30
     max_events_per_issue: int = 1000
+    # UDP listeners (GELF, JSON, syslog), each for one project.
+    udp: list[DatagramListenerSettings] = field(default_factory=list)
 
     def check(self) -> None:
         if self.max_event_size > self.max_body_size:

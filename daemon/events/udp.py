@@ -1,0 +1,247 @@
+"""UDP listeners for log shippers and applications that cannot wait for an HTTP round
+trip: Docker's gelf and syslog drivers, GELF handlers, syslog forwarders, JSON emitters.
+
+`datagram_received` only checks the sender and queues the datagram (bounded: a flood
+drops datagrams, counted, instead of growing memory); a drain task decodes what is
+queued in batches and makes each batch durable with one journal append, so one fsync
+serves hundreds of datagrams and the loop never does per-datagram I/O. There is no one
+to push back on over UDP: when the journal is full, datagrams are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from daemon.events.ingest import Ingestor
+from daemon.events.projects import Project, ProjectRegistry
+from daemon.events.settings import DatagramListenerSettings
+from daemon.events.udp_decode import DatagramDecoder, Rejected
+from daemon.journal import JournalFull
+from daemon.logs import fields, get_logger
+
+log = get_logger("events.udp")
+
+BATCH = 1000                 # datagrams decoded per journal append
+QUEUE_LIMIT = 50_000         # datagrams waiting per listener before new ones are dropped
+MAX_DATAGRAM_MESSAGE = 8 * 2**20   # a reassembled or decompressed GELF message
+
+
+class UdpMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.datagrams = Counter(
+            "egen_udp_datagrams_total",
+            "Datagrams by listener and outcome: received, chunk (a GELF chunk kept until "
+            "its message is complete), accepted, filtered (below min_level), invalid (not "
+            "a usable event), rejected (see egen_udp_rejected_total), dropped (queue or "
+            "journal full).", ["listener", "outcome"], registry=registry)
+        self.rejected = Counter(
+            "egen_udp_rejected_total",
+            "Datagrams rejected, by listener and reason: source (not in allowed_sources), "
+            "format, parse, chunk, too_large, expired (incomplete GELF messages), "
+            "queue_full, journal_full.", ["listener", "reason"], registry=registry)
+
+
+@dataclass
+class _Listener:
+    settings: DatagramListenerSettings
+    label: str
+    decoder: DatagramDecoder
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    pending: deque[tuple[bytes, Any, float]] = field(default_factory=deque)
+    allowed: dict[str, bool] = field(default_factory=dict)
+    transport: asyncio.DatagramTransport | None = None
+    drain: asyncio.Task[None] | None = None
+    project: Project | None = None
+    expired_seen: int = 0
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: UdpIngest, listener: _Listener) -> None:
+        self.owner = owner
+        self.listener = listener
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.owner.received(self.listener, data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.warning("udp socket error", extra=fields(listener=self.listener.label,
+                                                     error=str(exc)))
+
+
+class UdpIngest:
+    name = "udp"
+
+    def __init__(self, listeners: list[DatagramListenerSettings], ingestor: Ingestor,
+                 projects: ProjectRegistry, registry: CollectorRegistry, *,
+                 queue_limit: int = QUEUE_LIMIT) -> None:
+        self.ingestor = ingestor
+        self.projects = projects
+        self.metrics = UdpMetrics(registry)
+        self.queue_limit = queue_limit
+        self.listeners = [
+            _Listener(s, str(s.listen), DatagramDecoder(
+                list(s.formats), max_message_size=MAX_DATAGRAM_MESSAGE), s.networks)
+            for s in listeners]
+        self.addresses: list[tuple[str, int]] = []
+        self._count: dict[tuple[str, str, str], Any] = {}
+        # Datagrams that reached their outcome (rejected at once, or decoded and stored),
+        # and an event set whenever that number grows: tests and drains wait on it.
+        self.handled = 0
+        self.accepted = 0
+        self._progress = asyncio.Event()
+
+    def _handled(self, count: int) -> None:
+        self.handled += count
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def wait_handled(self, count: int) -> None:
+        """Return once `count` datagrams in all have reached their outcome."""
+        await self.wait_until(lambda: self.handled >= count)
+
+    async def wait_until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            await self._progress.wait()
+
+    def _inc(self, kind: str, listener: _Listener, value: str, amount: int = 1) -> None:
+        key = (kind, listener.label, value)
+        child = self._count.get(key)
+        if child is None:
+            metric = self.metrics.datagrams if kind == "outcome" else self.metrics.rejected
+            child = self._count[key] = metric.labels(listener.label, value)
+        child.inc(amount)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for i, listener in enumerate(self.listeners):
+            listener.project = self._project(listener)
+            if listener.project is None:
+                raise ValueError(f"ingest.udp[{i}].project: no project named "
+                                 f"{listener.settings.project!r}")
+            address = listener.settings.listen
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda listener=listener: _Protocol(self, listener),
+                local_addr=(address.host, address.port))
+            listener.transport = transport
+            host, port = transport.get_extra_info("sockname")[:2]
+            listener.label = f"{address.host}:{address.port}"
+            self.addresses.append((host, port))
+            log.info("listening", extra=fields(proto="udp", address=f"{host}:{port}",
+                                               project=listener.project.name))
+
+    def _project(self, listener: _Listener) -> Project | None:
+        return next((p for p in self.projects.by_id.values()
+                     if p.name == listener.settings.project), None)
+
+    async def stop(self) -> None:
+        for listener in self.listeners:
+            if listener.transport is not None:
+                listener.transport.close()
+        await asyncio.gather(*(lst.drain for lst in self.listeners if lst.drain),
+                             return_exceptions=True)
+        self.addresses = []
+
+    # -- the receive path: cheap, no parsing ----------------------------------------------
+
+    def received(self, listener: _Listener, data: bytes, addr: Any) -> None:
+        self._inc("outcome", listener, "received")
+        host = addr[0] if isinstance(addr, tuple) else str(addr)
+        allowed = listener.allowed.get(host)
+        if allowed is None:
+            allowed = self._allowed(listener, host)
+        if not allowed:
+            self._inc("outcome", listener, "rejected")
+            self._inc("reason", listener, "source")
+            self._handled(1)
+            return
+        if len(listener.pending) >= self.queue_limit:
+            self._inc("outcome", listener, "dropped")
+            self._inc("reason", listener, "queue_full")
+            self._handled(1)
+            return
+        listener.pending.append((data, addr, time.time()))
+        if listener.drain is None:
+            listener.drain = asyncio.get_running_loop().create_task(self._drain(listener))
+
+    def _allowed(self, listener: _Listener, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            allowed = False
+        else:
+            if ip.version == 6 and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            allowed = any(ip in network for network in listener.networks)
+        if len(listener.allowed) >= 4096:
+            listener.allowed.clear()
+        listener.allowed[host] = allowed
+        return allowed
+
+    # -- the drain task: decode in batches, one journal append each ---------------------
+
+    async def _drain(self, listener: _Listener) -> None:
+        try:
+            while listener.pending:
+                count = min(BATCH, len(listener.pending))
+                records = self._decode_batch(listener, count)
+                if records:
+                    await self._append(listener, records)
+                self._handled(count)
+                if not records:
+                    await asyncio.sleep(0)      # let the socket deliver more first
+        except Exception:
+            log.exception("udp drain failed", extra=fields(listener=listener.label))
+        finally:
+            listener.drain = None
+            if listener.pending and listener.transport is not None \
+                    and not listener.transport.is_closing():
+                listener.drain = asyncio.get_running_loop().create_task(
+                    self._drain(listener))
+
+    def _decode_batch(self, listener: _Listener, count: int) -> list[bytes]:
+        project = self._project(listener) or listener.project
+        assert project is not None
+        records = []
+        for _ in range(count):
+            data, addr, received = listener.pending.popleft()
+            try:
+                event = listener.decoder.decode(data, addr, received)
+            except Rejected as err:
+                self._inc("outcome", listener, "rejected")
+                self._inc("reason", listener, err.reason)
+                continue
+            if event is None:
+                self._inc("outcome", listener, "chunk")
+                continue
+            result, record = self.ingestor.prepare(
+                project, event, source="udp", received=received,
+                min_level=listener.settings.min_level)
+            if record is None:
+                self._inc("outcome", listener, result.outcome)
+                continue
+            records.append(record)
+        expired = listener.decoder.assembler.expired
+        if expired > listener.expired_seen:
+            self._inc("reason", listener, "expired", expired - listener.expired_seen)
+            listener.expired_seen = expired
+        return records
+
+    async def _append(self, listener: _Listener, records: list[bytes]) -> None:
+        try:
+            await self.ingestor.journal.append_many(records)
+        except JournalFull:
+            self._inc("outcome", listener, "dropped", len(records))
+            self._inc("reason", listener, "journal_full", len(records))
+            self.ingestor.metrics.outcome("udp", "refused").inc(len(records))
+            return
+        self.accepted += len(records)
+        self._inc("outcome", listener, "accepted", len(records))
+        self.ingestor.metrics.outcome("udp", "accepted").inc(len(records))

@@ -1,0 +1,163 @@
+"""UDP ingest against a running egen with real emitters: Python's SysLogHandler, graypy
+and pygelf (chunked and compressed), plain JSON datagrams; and bad datagrams, which are
+counted and never disturb good traffic sent at the same time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.handlers
+import os
+import socket
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import graypy
+import orjson
+import pygelf
+import pytest
+
+from daemon.app import App
+from daemon.metrics import render
+from tests.eventfixtures import events_config, issue_rows, stored
+from tests.mailfixtures import started_app
+
+UDP = """
+[[ingest.udp]]
+listen = "127.0.0.1:0"
+project = "app"
+min_level = "warning"
+"""
+
+
+@pytest.fixture
+async def app(tmp_path: Path, pg_url: str) -> Any:
+    async with started_app(events_config(tmp_path, pg_url, ingest=UDP)) as running:
+        yield running
+
+
+def udp_port(app: App) -> int:
+    return app.udp.addresses[0][1]
+
+
+def metric(app: App, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in render(app.registry).decode().splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line
+                                               for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name}{{{wanted}}}")
+
+
+async def emit(app: App, count: int, send: Callable[[], None]) -> None:
+    """Run a blocking emitter, then wait until egen handled `count` more datagrams."""
+    target = app.udp.handled + count
+    await asyncio.to_thread(send)
+    await asyncio.wait_for(app.udp.wait_handled(target), 20)
+    await stored(app)
+
+
+def with_logger(handler: logging.Handler, action: Callable[[logging.Logger], None]
+                ) -> Callable[[], None]:
+    def send() -> None:
+        logger = logging.getLogger(f"udp-test-{id(handler)}")
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(handler)
+        try:
+            action(logger)
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+    return send
+
+
+def fail() -> None:
+    orders: dict[str, int] = {}
+    orders["missing"] += 1
+
+
+async def test_syslog_handler_lines(app: App) -> None:
+    handler = logging.handlers.SysLogHandler(address=("127.0.0.1", udp_port(app)))
+
+    def lines(logger: logging.Logger) -> None:
+        logger.error("queue %d is full", 17)
+        logger.error("queue %d is full", 23)
+        logger.info("just chatter")
+
+    await emit(app, 3, with_logger(handler, lines))
+    rows = await issue_rows(app)
+    assert [(r["count"], r["level"]) for r in rows] == [(2, "error")]
+    assert metric(app, "egen_udp_datagrams_total", outcome="filtered") == 1
+
+
+async def test_graypy_exceptions_group_like_sdk_events(app: App) -> None:
+    handler = graypy.GELFUDPHandler("127.0.0.1", udp_port(app))
+
+    def crash(logger: logging.Logger) -> None:
+        for _ in range(2):
+            try:
+                fail()
+            except KeyError:
+                logger.exception("order lookup failed")
+
+    await emit(app, 2, with_logger(handler, crash))
+    [row] = await issue_rows(app)
+    assert row["count"] == 2 and row["title"].startswith("KeyError")
+
+
+async def test_pygelf_chunked_and_compressed(app: App) -> None:
+    handler = pygelf.GelfUdpHandler(host="127.0.0.1", port=udp_port(app), chunk_size=300,
+                                    compress=True, include_extra_fields=True)
+    big = os.urandom(3000).hex()          # does not compress: many chunks
+
+    def send(logger: logging.Logger) -> None:
+        logger.error("report failed: %s", big)
+
+    await asyncio.to_thread(with_logger(handler, send))
+    await asyncio.wait_for(app.udp.wait_until(lambda: app.udp.accepted >= 1), 20)
+    await stored(app)
+    [row] = await issue_rows(app)
+    assert row["title"].startswith(f"report failed: {big[:40]}")
+    assert metric(app, "egen_udp_datagrams_total", outcome="chunk") >= 1
+
+
+async def test_json_datagrams_and_bad_ones(app: App) -> None:
+    port = udp_port(app)
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            good = orjson.dumps({"message": "payment 17 declined", "level": "error"})
+            for datagram in (good, b"{broken", b"\x00\x01binary", b"\x1e\x0f" + b"\x00" * 3,
+                             zlib.compress(b"\x00" * 50_000_000), good):
+                sock.sendto(datagram, ("127.0.0.1", port))
+
+    await emit(app, 6, send)
+    [row] = await issue_rows(app)
+    assert row["count"] == 2
+    assert metric(app, "egen_udp_rejected_total", reason="parse") >= 1
+    assert metric(app, "egen_udp_rejected_total", reason="format") == 1
+    assert metric(app, "egen_udp_rejected_total", reason="chunk") == 1
+    assert metric(app, "egen_udp_rejected_total", reason="too_large") == 1
+
+
+async def test_senders_outside_allowed_sources_are_dropped(tmp_path: Path,
+                                                           pg_url: str) -> None:
+    only = UDP.replace('min_level = "warning"',
+                       'min_level = "warning"\nallowed_sources = ["127.0.0.2/32"]')
+    async with started_app(events_config(tmp_path, pg_url, ingest=only)) as app:
+        port = udp_port(app)
+        line = orjson.dumps({"message": "boom", "level": "error"})
+
+        def send() -> None:
+            for source in ("127.0.0.1", "127.0.0.2"):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.bind((source, 0))
+                    sock.sendto(line, ("127.0.0.1", port))
+
+        await emit(app, 2, send)
+        rows = await issue_rows(app)
+        assert [r["count"] for r in rows] == [1]
+        assert metric(app, "egen_udp_rejected_total", reason="source") == 1
