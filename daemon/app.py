@@ -20,6 +20,7 @@ from daemon.consumer import JournalConsumer
 from daemon.db import nodes
 from daemon.db.pool import Database
 from daemon.events.api import OperatorApi
+from daemon.events.http_gelf import GelfHttpEndpoint
 from daemon.events.http_native import NativeEndpoint
 from daemon.events.http_sentry import SentryEndpoints
 from daemon.events.ingest import Ingestor
@@ -166,10 +167,11 @@ class App:
                                  max_event_size=settings.ingest.max_event_size)
         SentryEndpoints(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
         NativeEndpoint(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
+        GelfHttpEndpoint(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
         OperatorApi(lambda: self.database.db.pool,
                     settings.ingest.api_token).mount(self.http.app)
         self.udp = UdpIngest(list(settings.ingest.udp), self.ingestor, self.projects,
-                             self.registry)
+                             self.registry, tcp=list(settings.ingest.tcp))
         self.http.add_readiness_check("database", self.database.readiness)
         self.http.add_readiness_check("journal", self.journals.readiness)
         self.on_reload(self.smtp.reload)

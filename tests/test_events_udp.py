@@ -5,6 +5,7 @@ counted and never disturb good traffic sent at the same time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import graypy
 import orjson
 import pygelf
@@ -161,3 +163,85 @@ async def test_senders_outside_allowed_sources_are_dropped(tmp_path: Path,
         rows = await issue_rows(app)
         assert [r["count"] for r in rows] == [1]
         assert metric(app, "egen_udp_rejected_total", reason="source") == 1
+
+
+# -- GELF over TCP and HTTP --------------------------------------------------------------
+
+TCP = UDP + """
+[[ingest.tcp]]
+listen = "127.0.0.1:0"
+project = "app"
+"""
+
+
+async def test_gelf_over_tcp_from_graypy_and_pygelf(tmp_path: Path, pg_url: str) -> None:
+    async with started_app(events_config(tmp_path, pg_url, ingest=TCP)) as app:
+        port = app.udp.tcp_addresses[0][1]
+
+        def crash(logger: logging.Logger) -> None:
+            try:
+                fail()
+            except KeyError:
+                logger.exception("order lookup failed")
+
+        for handler in (graypy.GELFTCPHandler("127.0.0.1", port),
+                        pygelf.GelfTcpHandler(host="127.0.0.1", port=port)):
+            await asyncio.to_thread(with_logger(handler, crash))
+        await asyncio.wait_for(app.udp.wait_until(lambda: app.udp.accepted >= 2), 20)
+        await stored(app)
+        [row] = await issue_rows(app)
+        assert row["count"] == 2 and row["title"].startswith("KeyError")
+
+        # A frame over the limit closes that connection; others go on.
+        def oversize() -> None:
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(b"{" + b" " * (9 * 2**20))
+                with contextlib.suppress(ConnectionError):
+                    sock.recv(1)
+
+        await asyncio.to_thread(oversize)
+        await asyncio.wait_for(app.udp.wait_until(
+            lambda: metric_or_zero(app, "egen_udp_rejected_total", reason="too_large") >= 1),
+            20)
+
+
+def metric_or_zero(app: App, name: str, **labels: str) -> float:
+    try:
+        return metric(app, name, **labels)
+    except AssertionError:
+        return 0.0
+
+
+# pygelf's (and graypy's) HTTP handler never closes its connection: their leak, not ours.
+@pytest.mark.filterwarnings("ignore::ResourceWarning",
+                            "ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_gelf_over_http(app: App) -> None:
+    from tests.eventfixtures import base_url
+
+    address = app.http.addresses[0]
+    handler = pygelf.GelfHttpHandler(host=address.host, port=address.port,
+                                     path="/gelf?key=appkey01")
+
+    def crash(logger: logging.Logger) -> None:
+        try:
+            fail()
+        except KeyError:
+            logger.exception("order lookup failed")
+
+    await asyncio.to_thread(with_logger(handler, crash))
+    message = {"version": "1.1", "host": "web-1", "short_message": "cache 7 is cold",
+               "level": 3}
+    batch = b"\n".join(orjson.dumps({**message, "short_message": f"cache {n} is cold"})
+                       for n in (7, 8)) + b"\n{not json}\n"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(base_url(app) + "/gelf", data=batch,
+                                headers={"X-Egen-Key": "appkey01"}) as response:
+            assert response.status == 202
+            answer = await response.json()
+        async with session.post(base_url(app) + "/gelf", data=b"{}") as response:
+            assert response.status == 401
+    assert (answer["accepted"], answer["invalid"]) == (2, 1)
+    assert answer["problems"][0]["index"] == 2
+    await stored(app)
+    counts = sorted((r["title"].split()[0], r["count"]) for r in await issue_rows(app))
+    assert counts == [("KeyError:", 1), ("cache", 2)]

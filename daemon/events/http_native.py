@@ -33,6 +33,21 @@ PATH = "/api/v1/events"
 MAX_LISTED = 1000            # per-line problems listed in one answer
 
 
+def project_for_key(request: web.Request, projects: ProjectRegistry) -> Project:
+    """The project whose key the request carries (`Authorization: Bearer`, `X-Egen-Key`,
+    or `?key=` for senders that cannot set headers)."""
+    auth = request.headers.get("Authorization", "")
+    key = auth[7:].strip() if auth[:7].lower() == "bearer " else \
+        request.headers.get("X-Egen-Key", "").strip() or request.query.get("key", "")
+    if not key:
+        raise HttpError(401, "missing project key: send Authorization: Bearer <key>, "
+                             "X-Egen-Key or ?key=", {"WWW-Authenticate": "Bearer"})
+    project = projects.for_key(key)
+    if project is None or not any(hmac.compare_digest(key, k) for k in project.keys):
+        raise HttpError(403, "the key is not valid for any project")
+    return project
+
+
 class NativeEndpoint:
     def __init__(self, ingestor: Ingestor, projects: ProjectRegistry,
                  settings: IngestSettings) -> None:
@@ -42,18 +57,6 @@ class NativeEndpoint:
 
     def mount(self, app: web.Application) -> None:
         app.router.add_post(PATH, self.handle)
-
-    def _project(self, request: web.Request) -> Project:
-        auth = request.headers.get("Authorization", "")
-        key = auth[7:].strip() if auth[:7].lower() == "bearer " else \
-            request.headers.get("X-Egen-Key", "").strip()
-        if not key:
-            raise HttpError(401, "missing project key: send Authorization: Bearer <key> "
-                                 "or X-Egen-Key", {"WWW-Authenticate": "Bearer"})
-        project = self.projects.for_key(key)
-        if project is None or not any(hmac.compare_digest(key, k) for k in project.keys):
-            raise HttpError(403, "the key is not valid for any project")
-        return project
 
     async def handle(self, request: web.Request) -> web.Response:
         try:
@@ -66,7 +69,7 @@ class NativeEndpoint:
                                   {"Retry-After": str(err.retry_after)})
 
     async def _accept(self, request: web.Request) -> dict[str, Any]:
-        project = self._project(request)
+        project = project_for_key(request, self.projects)
         limit = self.settings.max_body_size
         body = decoded_body(request, await read_body(request, limit), limit)
         try:

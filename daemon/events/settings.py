@@ -119,6 +119,8 @@ class IngestSettings:
     max_events_per_issue: int = 1000
     # UDP listeners (GELF, JSON, syslog), each for one project.
     udp: list[DatagramListenerSettings] = field(default_factory=list)
+    # GELF over TCP (NUL-delimited frames; formats other than gelf and json do not apply).
+    tcp: list[DatagramListenerSettings] = field(default_factory=list)
 
     def check(self) -> None:
         if self.max_event_size > self.max_body_size:

@@ -20,6 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from daemon.events import gelf_tcp
 from daemon.events.ingest import Ingestor
 from daemon.events.projects import Project, ProjectRegistry
 from daemon.events.settings import DatagramListenerSettings
@@ -58,6 +59,8 @@ class _Listener:
     pending: deque[tuple[bytes, Any, float]] = field(default_factory=deque)
     allowed: dict[str, bool] = field(default_factory=dict)
     transport: asyncio.DatagramTransport | None = None
+    server: asyncio.Server | None = None        # GELF over TCP instead of UDP
+    closed: bool = False
     drain: asyncio.Task[None] | None = None
     project: Project | None = None
     expired_seen: int = 0
@@ -81,6 +84,7 @@ class UdpIngest:
 
     def __init__(self, listeners: list[DatagramListenerSettings], ingestor: Ingestor,
                  projects: ProjectRegistry, registry: CollectorRegistry, *,
+                 tcp: list[DatagramListenerSettings] | None = None,
                  queue_limit: int = QUEUE_LIMIT) -> None:
         self.ingestor = ingestor
         self.projects = projects
@@ -90,7 +94,12 @@ class UdpIngest:
             _Listener(s, str(s.listen), DatagramDecoder(
                 list(s.formats), max_message_size=MAX_DATAGRAM_MESSAGE), s.networks)
             for s in listeners]
+        self.tcp_listeners = [
+            _Listener(s, str(s.listen), DatagramDecoder(
+                list(s.formats), max_message_size=MAX_DATAGRAM_MESSAGE), s.networks)
+            for s in tcp or []]
         self.addresses: list[tuple[str, int]] = []
+        self.tcp_addresses: list[tuple[str, int]] = []
         self._count: dict[tuple[str, str, str], Any] = {}
         # Datagrams that reached their outcome (rejected at once, or decoded and stored),
         # and an event set whenever that number grows: tests and drains wait on it.
@@ -122,47 +131,64 @@ class UdpIngest:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for i, listener in enumerate(self.listeners):
-            listener.project = self._project(listener)
-            if listener.project is None:
-                raise ValueError(f"ingest.udp[{i}].project: no project named "
-                                 f"{listener.settings.project!r}")
+            self._bind_project(listener, f"ingest.udp[{i}]")
             address = listener.settings.listen
             transport, _ = await loop.create_datagram_endpoint(
                 lambda listener=listener: _Protocol(self, listener),
                 local_addr=(address.host, address.port))
             listener.transport = transport
-            host, port = transport.get_extra_info("sockname")[:2]
-            listener.label = f"{address.host}:{address.port}"
-            self.addresses.append((host, port))
-            log.info("listening", extra=fields(proto="udp", address=f"{host}:{port}",
-                                               project=listener.project.name))
+            self.addresses.append(self._listening(listener, "udp",
+                                                  transport.get_extra_info("sockname")))
+        for i, listener in enumerate(self.tcp_listeners):
+            self._bind_project(listener, f"ingest.tcp[{i}]")
+            listener.server = await gelf_tcp.serve(self, listener)
+            self.tcp_addresses.append(self._listening(
+                listener, "tcp", listener.server.sockets[0].getsockname()))
+
+    def _bind_project(self, listener: _Listener, where: str) -> None:
+        listener.project = self._project(listener)
+        if listener.project is None:
+            raise ValueError(f"{where}.project: no project named "
+                             f"{listener.settings.project!r}")
+
+    def _listening(self, listener: _Listener, proto: str, sockname: Any) -> tuple[str, int]:
+        host, port = sockname[:2]
+        address = listener.settings.listen
+        listener.label = f"{proto}:{address.host}:{address.port}" if proto == "tcp" \
+            else f"{address.host}:{address.port}"
+        assert listener.project is not None
+        log.info("listening", extra=fields(proto=proto, address=f"{host}:{port}",
+                                           project=listener.project.name))
+        return host, port
 
     def _project(self, listener: _Listener) -> Project | None:
         return next((p for p in self.projects.by_id.values()
                      if p.name == listener.settings.project), None)
 
     async def stop(self) -> None:
-        for listener in self.listeners:
+        every = [*self.listeners, *self.tcp_listeners]
+        for listener in every:
+            listener.closed = True
             if listener.transport is not None:
                 listener.transport.close()
-        await asyncio.gather(*(lst.drain for lst in self.listeners if lst.drain),
+            if listener.server is not None:
+                listener.server.close()
+        await asyncio.gather(*(lst.drain for lst in every if lst.drain),
                              return_exceptions=True)
         self.addresses = []
+        self.tcp_addresses = []
+
+    def full(self, listener: _Listener) -> bool:
+        return len(listener.pending) >= self.queue_limit
 
     # -- the receive path: cheap, no parsing ----------------------------------------------
 
     def received(self, listener: _Listener, data: bytes, addr: Any) -> None:
         self._inc("outcome", listener, "received")
-        host = addr[0] if isinstance(addr, tuple) else str(addr)
-        allowed = listener.allowed.get(host)
-        if allowed is None:
-            allowed = self._allowed(listener, host)
-        if not allowed:
-            self._inc("outcome", listener, "rejected")
-            self._inc("reason", listener, "source")
-            self._handled(1)
+        if listener.transport is not None and not self.source_allowed(listener, addr):
+            self.note_rejected(listener, "source")
             return
-        if len(listener.pending) >= self.queue_limit:
+        if self.full(listener):
             self._inc("outcome", listener, "dropped")
             self._inc("reason", listener, "queue_full")
             self._handled(1)
@@ -170,6 +196,16 @@ class UdpIngest:
         listener.pending.append((data, addr, time.time()))
         if listener.drain is None:
             listener.drain = asyncio.get_running_loop().create_task(self._drain(listener))
+
+    def note_rejected(self, listener: _Listener, reason: str) -> None:
+        self._inc("outcome", listener, "rejected")
+        self._inc("reason", listener, reason)
+        self._handled(1)
+
+    def source_allowed(self, listener: _Listener, addr: Any) -> bool:
+        host = addr[0] if isinstance(addr, tuple) else str(addr)
+        allowed = listener.allowed.get(host)
+        return self._allowed(listener, host) if allowed is None else allowed
 
     def _allowed(self, listener: _Listener, host: str) -> bool:
         try:
@@ -201,8 +237,7 @@ class UdpIngest:
             log.exception("udp drain failed", extra=fields(listener=listener.label))
         finally:
             listener.drain = None
-            if listener.pending and listener.transport is not None \
-                    and not listener.transport.is_closing():
+            if listener.pending and not listener.closed:
                 listener.drain = asyncio.get_running_loop().create_task(
                     self._drain(listener))
 

@@ -1,0 +1,63 @@
+"""GELF over TCP, as Docker's gelf driver (`gelf-address=tcp://…`) and graypy's TCP
+handler send it: uncompressed GELF JSON frames, each ended by a NUL byte.
+
+Frames join the same queue and decoding as the UDP listener's datagrams. Unlike UDP,
+TCP can push back: while the queue is full, the connection is not read, so the
+sender's socket buffer fills and it waits instead of losing lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from daemon.logs import fields, get_logger
+
+if TYPE_CHECKING:
+    from daemon.events.udp import UdpIngest, _Listener
+
+log = get_logger("events.gelf_tcp")
+
+MAX_FRAME = 8 * 2**20
+
+
+async def serve(owner: UdpIngest, listener: _Listener) -> asyncio.Server:
+    address = listener.settings.listen
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        try:
+            await _frames(owner, listener, reader, peer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.LimitOverrunError:
+            owner.note_rejected(listener, "too_large")
+            log.warning("gelf frame over the limit; connection closed", extra=fields(
+                listener=listener.label, peer=str(peer), limit=MAX_FRAME))
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    return await asyncio.start_server(connection, address.host, address.port,
+                                      limit=MAX_FRAME)
+
+
+async def _frames(owner: UdpIngest, listener: _Listener, reader: asyncio.StreamReader,
+                  peer: Any) -> None:
+    if not owner.source_allowed(listener, peer):
+        owner.note_rejected(listener, "source")
+        return
+    while True:
+        try:
+            frame = await reader.readuntil(b"\0")
+        except asyncio.IncompleteReadError as end:
+            if end.partial.strip():
+                owner.received(listener, end.partial, peer)   # a last frame without NUL
+            return
+        frame = frame[:-1]
+        if frame.strip():
+            while owner.full(listener) and not listener.closed:
+                await owner.wait_until(lambda: not owner.full(listener) or listener.closed)
+            owner.received(listener, frame, peer)

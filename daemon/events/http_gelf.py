@@ -1,0 +1,73 @@
+"""`POST /gelf`, Graylog's GELF HTTP input, for Vector's `gelf` codec, graypy's and
+pygelf's HTTP handlers and Logstash's gelf output: one message per request, or a batch
+of messages separated by newlines or NUL bytes, answered `202 Accepted` as Graylog does.
+
+The body's compression is found by its magic bytes, not its Content-Encoding: graypy
+labels a zlib body "gzip,deflate". GELF carries no key, so the project comes from the
+request's key as on the native endpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from daemon.events import gelf
+from daemon.events.datagram import detect
+from daemon.events.http_common import HttpError, error_response, json_response, read_body
+from daemon.events.http_native import project_for_key
+from daemon.events.ingest import Ingestor, Refused
+from daemon.events.projects import ProjectRegistry
+from daemon.events.settings import IngestSettings
+
+PATH = "/gelf"
+
+
+class GelfHttpEndpoint:
+    def __init__(self, ingestor: Ingestor, projects: ProjectRegistry,
+                 settings: IngestSettings) -> None:
+        self.ingestor = ingestor
+        self.projects = projects
+        self.settings = settings
+
+    def mount(self, app: web.Application) -> None:
+        app.router.add_post(PATH, self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        try:
+            counts = await self._accept(request)
+        except HttpError as err:
+            return error_response(err)
+        except Refused as err:
+            status = 503 if "journal" in err.reason else 429
+            return error_response(HttpError(status, err.reason),
+                                  {"Retry-After": str(err.retry_after)})
+        return json_response(counts, status=202)
+
+    async def _accept(self, request: web.Request) -> dict[str, Any]:
+        project = project_for_key(request, self.projects)
+        limit = self.settings.max_body_size
+        body = await read_body(request, limit)
+        if detect(body) in ("gzip", "zlib"):
+            parts = [body]
+        else:
+            parts = [p for p in body.replace(b"\0", b"\n").split(b"\n") if p.strip()]
+        events, problems = [], []
+        for index, part in enumerate(parts):
+            try:
+                events.append(gelf.to_sentry_event(gelf.decode_payload(part, limit)))
+            except gelf.GelfError as err:
+                if len(parts) == 1 and "exceeds" in str(err):
+                    raise HttpError(413, str(err)) from None
+                problems.append({"index": index, "error": str(err)})
+        if not events:
+            raise HttpError(400, f"no usable GELF message: {problems[0]['error']}"
+                            if problems else "empty body")
+        self.ingestor.admit(project, len(events), "gelf_http")
+        results = await self.ingestor.accept(project, events, source="gelf_http",
+                                             min_level=project.min_level)
+        counts = {"accepted": 0, "filtered": 0, "invalid": len(problems)}
+        for result in results:
+            counts[result.outcome] += 1
+        return {**counts, "problems": problems[:1000]}
