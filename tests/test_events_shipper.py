@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from daemon.events.shipper import (
@@ -163,6 +163,8 @@ OBJECTS = st.lists(st.dictionaries(st.text(max_size=6), JSON_VALUES, max_size=4)
 
 @settings(max_examples=200, deadline=None)
 @given(OBJECTS, st.sampled_from([b"", b" ", b"\n", b"\r\n", b" \n\t"]))
+# Pretty-printed, an inner "{}" line parses on its own.
+@example(objects=[{}, {"": [{}], "0": [{}]}], gap=b"")
 def test_every_framing_yields_the_same_records(objects: list[dict[str, Any]],
                                                gap: bytes) -> None:
     encoded = [orjson.dumps(obj) for obj in objects]

@@ -99,7 +99,8 @@ def _from_document(document: Any, max_records: int) -> list[Record]:
 def _split_lines(data: bytes, max_records: int) -> list[Record]:
     """Newline-delimited records; a line holding several concatenated objects yields each.
     When some bad line is a fragment of a larger object, the body is also read as a stream of
-    multi-line objects, and whichever reading finds more objects (then fewer errors) wins."""
+    multi-line objects: that reading wins when it has no error at all, else whichever reading
+    finds more objects (then fewer errors)."""
     found: list[tuple[Any, str | None, str]] = []
     fragments = False
     for number, line in enumerate(data.split(b"\n"), 1):
@@ -123,7 +124,10 @@ def _split_lines(data: bytes, max_records: int) -> list[Record]:
     if fragments:
         streamed = _scan(data, 1, max_records)
         objects = _objects(streamed)
-        if (objects, -len(streamed)) > (_objects(found), -len(found)) and objects:
+        # A stream read without a single error wins outright: lines inside a
+        # pretty-printed object ("{}" in a list) can parse on their own and outnumber it.
+        clean = objects and all(error is None for _, error, _ in streamed)
+        if clean or ((objects, -len(streamed)) > (_objects(found), -len(found)) and objects):
             found = streamed
         elif len(found) > max_records:
             raise _too_many(max_records)
