@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from daemon.dnssetup.settings import DnsSettings
 from daemon.events.settings import IngestSettings, ProjectSettings, check_projects
 from daemon.mail.routing import RouteSettings, check_routes
 from daemon.mail.settings import DeliverySettings, DkimSettings, SmtpSettings
@@ -87,6 +88,7 @@ class Settings:
     # Ordered; the first route whose domains match a recipient's domain carries it.
     routes: list[RouteSettings] = field(default_factory=list)
     ingest: IngestSettings = field(default_factory=IngestSettings)
+    dns: DnsSettings = field(default_factory=DnsSettings)
     # Error-tracking projects kept in the config (more can live in the database).
     projects: list[ProjectSettings] = field(default_factory=list)
     # Where the settings came from; not a TOML key.
