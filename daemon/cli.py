@@ -15,6 +15,7 @@ import orjson
 
 from daemon import __version__
 from daemon.cli_common import load_settings, with_database
+from daemon.cli_dns import add_dns_verbs
 from daemon.cli_events import add_events_verbs
 from daemon.cli_mail import add_mail_verbs
 from daemon.cli_queue import (
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_queue_verbs(verbs, common)
     add_mail_verbs(verbs, common)
     add_events_verbs(verbs, common)
+    add_dns_verbs(verbs, common)
     return parser
 
 
