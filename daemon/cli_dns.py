@@ -100,9 +100,10 @@ def cmd_dns_records(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         domains = [args.domain.lower()]
     existing = {} if args.offline else uvloop.run(_published_spf(domains, args.nameserver))
-    found = [r for r in build.build_records(settings, keys=keys, existing_spf=existing,
-                                            include_mx=args.mx)
-             if r.type in ("PTR", "A", "AAAA") or _about(r.name, domains)]
+    found = build.build_records(settings, keys=keys, existing_spf=existing,
+                                include_mx=args.mx)
+    if args.domain:
+        found = [r for r in found if r.type in ("PTR", "A", "AAAA") or _about(r.name, domains)]
     if args.format == "json":
         print_json(build.records_json(found))
         return EXIT_OK
@@ -148,5 +149,9 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
 
 
 def _about(name: str, domains: list[str]) -> bool:
+    """A record or check about one of `domains`: at the domain, below it, or the DMARC
+    report authorization (`<domain>._report._dmarc.<other>`) it asks another to publish."""
     name = name.lower().rstrip(".")
+    if "._report._dmarc." in name:
+        return any(name.startswith(f"{d}._report._dmarc.") for d in domains)
     return any(name == d or name.endswith("." + d) for d in domains)
