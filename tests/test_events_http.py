@@ -268,3 +268,21 @@ async def test_a_full_journal_answers_429_and_the_shipper_endpoint_503(tmp_path:
             assert await count_events(app) == accepted
     finally:
         await proxy.stop()
+
+
+async def test_nul_characters_are_stored_not_lost(app: App) -> None:
+    """An event answered 200 must reach Postgres, even with NUL in its title."""
+    event = error_event(environment="pr\u0000od")
+    event["exception"]["values"][0]["type"] = "Zero\u0000Error"
+    status, _, _ = await post(app, "/api/1/envelope/", envelope(event), AUTH)
+    assert status == 200
+    assert await count_events(app) == 1
+    [row] = await issue_rows(app)
+    assert row["title"].startswith("Zero\ufffdError")
+
+
+async def test_control_characters_in_an_error_still_get_an_answer(app: App) -> None:
+    status, body, headers = await post(app, "/api/1/store/",
+                                       orjson.dumps({"tags": {"a\nb": {}}}), AUTH)
+    assert status == 400 and "tags" in body["detail"]
+    assert "\n" not in headers["X-Sentry-Error"]

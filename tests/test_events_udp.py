@@ -245,3 +245,19 @@ async def test_gelf_over_http(app: App) -> None:
     await stored(app)
     counts = sorted((r["title"].split()[0], r["count"]) for r in await issue_rows(app))
     assert counts == [("KeyError:", 1), ("cache", 2)]
+
+
+async def test_a_gzipped_gelf_batch_over_http(app: App) -> None:
+    import gzip
+
+    from tests.eventfixtures import base_url
+
+    batch = b"\n".join(orjson.dumps({"version": "1.1", "host": "h", "level": 3,
+                                     "short_message": f"sync {n} failed"}) for n in range(3))
+    async with aiohttp.ClientSession() as session, session.post(
+            base_url(app) + "/gelf", data=gzip.compress(batch),
+            headers={"X-Egen-Key": "appkey01", "Content-Encoding": "gzip"}) as response:
+        assert response.status == 202
+        assert (await response.json())["accepted"] == 3
+    await stored(app)
+    assert [r["count"] for r in await issue_rows(app)] == [3]

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 log = get_logger("events.gelf_tcp")
 
 MAX_FRAME = 8 * 2**20
+MAX_CONNECTIONS = 1000       # per listener; each may buffer up to MAX_FRAME
 
 
 async def serve(owner: UdpIngest, listener: _Listener) -> asyncio.Server:
@@ -27,6 +28,11 @@ async def serve(owner: UdpIngest, listener: _Listener) -> asyncio.Server:
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        if len(listener.connections) >= MAX_CONNECTIONS or listener.closed:
+            owner.note_rejected(listener, "connections")
+            writer.close()
+            return
+        listener.connections.add(writer)
         try:
             await _frames(owner, listener, reader, peer)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -36,6 +42,7 @@ async def serve(owner: UdpIngest, listener: _Listener) -> asyncio.Server:
             log.warning("gelf frame over the limit; connection closed", extra=fields(
                 listener=listener.label, peer=str(peer), limit=MAX_FRAME))
         finally:
+            listener.connections.discard(writer)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
@@ -49,7 +56,7 @@ async def _frames(owner: UdpIngest, listener: _Listener, reader: asyncio.StreamR
     if not owner.source_allowed(listener, peer):
         owner.note_rejected(listener, "source")
         return
-    while True:
+    while not listener.closed:
         try:
             frame = await reader.readuntil(b"\0")
         except asyncio.IncompleteReadError as end:

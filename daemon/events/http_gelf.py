@@ -15,6 +15,7 @@ from aiohttp import web
 
 from daemon.events import gelf
 from daemon.events.datagram import detect
+from daemon.events.decompress import DecompressError, TooLarge, decompress
 from daemon.events.http_common import HttpError, error_response, json_response, read_body
 from daemon.events.http_native import project_for_key
 from daemon.events.ingest import Ingestor, Refused
@@ -22,6 +23,7 @@ from daemon.events.projects import ProjectRegistry
 from daemon.events.settings import IngestSettings
 
 PATH = "/gelf"
+MAX_MESSAGES = 100_000
 
 
 class GelfHttpEndpoint:
@@ -40,7 +42,7 @@ class GelfHttpEndpoint:
         except HttpError as err:
             return error_response(err)
         except Refused as err:
-            status = 503 if "journal" in err.reason else 429
+            status = 503 if err.journal_full else 429
             return error_response(HttpError(status, err.reason),
                                   {"Retry-After": str(err.retry_after)})
         return json_response(counts, status=202)
@@ -48,15 +50,15 @@ class GelfHttpEndpoint:
     async def _accept(self, request: web.Request) -> dict[str, Any]:
         project = project_for_key(request, self.projects)
         limit = self.settings.max_body_size
-        body = await read_body(request, limit)
-        if detect(body) in ("gzip", "zlib"):
-            parts = [body]
-        else:
-            parts = [p for p in body.replace(b"\0", b"\n").split(b"\n") if p.strip()]
+        body = self._decompressed(request, await read_body(request, limit), limit)
+        parts = [p for p in body.replace(b"\0", b"\n").split(b"\n") if p.strip()]
+        if len(parts) > MAX_MESSAGES:
+            raise HttpError(413, f"more than {MAX_MESSAGES} messages in one request")
         events, problems = [], []
         for index, part in enumerate(parts):
             try:
-                events.append(gelf.to_sentry_event(gelf.decode_payload(part, limit)))
+                events.append(gelf.to_sentry_event(
+                    gelf.decode_payload(part, self.settings.max_event_size)))
             except gelf.GelfError as err:
                 if len(parts) == 1 and "exceeds" in str(err):
                     raise HttpError(413, str(err)) from None
@@ -71,3 +73,22 @@ class GelfHttpEndpoint:
         for result in results:
             counts[result.outcome] += 1
         return {**counts, "problems": problems[:1000]}
+
+    @staticmethod
+    def _decompressed(request: web.Request, body: bytes, limit: int) -> bytes:
+        """Compression by magic bytes first (a whole batch may be gzip'd); else br or zstd
+        as Content-Encoding says (other labels are not trusted: see the docstring)."""
+        kind = detect(body)
+        encoding = {"gzip": "gzip", "zlib": "deflate"}.get(kind)
+        if encoding is None:
+            declared = request.headers.get("Content-Encoding", "").strip().lower()
+            encoding = declared if declared in ("br", "zstd") else None
+        if encoding is None:
+            return body
+        try:
+            return decompress(body, encoding, limit)
+        except TooLarge:
+            raise HttpError(413, f"decompressed body exceeds {limit} bytes "
+                                 "(ingest.max_body_size)") from None
+        except DecompressError as err:
+            raise HttpError(400, f"cannot decode the body: {err}") from None

@@ -64,7 +64,7 @@ class NativeEndpoint:
         except HttpError as err:
             return error_response(err)
         except Refused as err:
-            status = 503 if "journal" in err.reason else 429
+            status = 503 if err.journal_full else 429
             return error_response(HttpError(status, err.reason),
                                   {"Retry-After": str(err.retry_after)})
 

@@ -59,6 +59,12 @@ def parse_auth_header(value: str) -> dict[str, str]:
     return {m[1]: m[2] for m in _AUTH_PAIR.finditer(value)}
 
 
+def _header_text(text: str) -> str:
+    """An error detail fit for a header: control characters (from a client's own field
+    names) would make the server refuse to send the answer at all."""
+    return re.sub(r"[\x00-\x1f\x7f]", "?", text[:200])
+
+
 def _dsn_key(dsn: str | None) -> str | None:
     if not dsn:
         return None
@@ -106,9 +112,9 @@ class SentryEndpoints:
         try:
             body = await self._accept(request, project)
         except HttpError as err:
-            return error_response(err, {**cors, "X-Sentry-Error": err.detail[:200]})
+            return error_response(err, {**cors, "X-Sentry-Error": _header_text(err.detail)})
         except Refused as err:
-            scope = "organization" if "journal" in err.reason else "project"
+            scope = "organization" if err.journal_full else "project"
             return error_response(HttpError(429, err.reason), {
                 **cors, "Retry-After": str(err.retry_after),
                 "X-Sentry-Rate-Limits": f"{err.retry_after}::{scope}"})
@@ -196,8 +202,7 @@ class SentryEndpoints:
             errors = "; ".join(r.error or r.outcome for r in results)
             log.info("event refused", extra=fields(project=project.name, error=errors))
             raise HttpError(400, f"invalid event: {errors}")
-        return {"id": accepted[0].event_id if not isinstance(event_id, str)
-                else event_id.replace("-", "").lower()}
+        return {"id": accepted[0].event_id}
 
 
 _KNOWN_TYPES = frozenset({"event", "transaction", "session", "sessions", "client_report",

@@ -10,6 +10,7 @@ into an error for the SDK.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from daemon.events.record import EventRecord, encode
 from daemon.journal import Journal, JournalFull
 from daemon.mail.ratelimit import TokenBucket
 
+YIELD_EVERY = 500
 LEVEL_ORDER = {"debug": 0, "info": 1, "warning": 2, "error": 3, "fatal": 4}
 
 
@@ -60,10 +62,11 @@ class Refused(Exception):
     """Nothing was stored: the journal is full or the project is over its rate limit.
     `retry_after` is whole seconds, as the SDKs' Retry-After wants it."""
 
-    def __init__(self, reason: str, retry_after: int) -> None:
+    def __init__(self, reason: str, retry_after: int, *, journal_full: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.journal_full = journal_full
 
 
 @dataclass(frozen=True)
@@ -129,9 +132,10 @@ class Ingestor:
         record = EventRecord(
             project_id=project.id, event_id=event.event_id,
             grouping_version=GROUPING_VERSION, fingerprint=grouping_hash(event),
-            title=event.title, culprit=event.culprit or "", level=event.level,
+            title=_text(event.title), culprit=_text(event.culprit or ""), level=event.level,
             timestamp=event.timestamp, received_at=received,
-            environment=event.environment, release=event.release, payload=raw)
+            environment=_opt_text(event.environment), release=_opt_text(event.release),
+            payload=raw)
         return Result("accepted", event.event_id), encode(record)
 
     async def accept(self, project: Project, events: Sequence[dict[str, Any]], *,
@@ -144,6 +148,8 @@ class Ingestor:
         results: list[Result] = []
         records: list[bytes] = []
         for i, data in enumerate(events):
+            if i and i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)      # a big batch must not freeze the loop
             result, record = self.prepare(project, data, source=source, received=received,
                                           min_level=min_level,
                                           raw=raws[i] if raws is not None else None)
@@ -156,6 +162,16 @@ class Ingestor:
             except JournalFull:
                 self.metrics.outcome(source, "refused").inc(len(records))
                 raise Refused("the events journal is full (the database is behind)",
-                              self.journal_retry_after) from None
+                              self.journal_retry_after, journal_full=True) from None
             self.metrics.outcome(source, "accepted").inc(len(records))
         return results
+
+
+def _text(value: str) -> str:
+    """Postgres text cannot hold NUL: an accepted event must still be storable (contract 1),
+    so NUL becomes U+FFFD in the columns; the payload keeps it (JSON escapes it)."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _opt_text(value: str | None) -> str | None:
+    return None if value is None else _text(value)

@@ -172,6 +172,9 @@ class ProjectRegistry:
                                 extra=fields(error=f"{type(err).__name__}: {err}"))
                 self._failing = True
                 continue
+            except Exception:       # a bug: say so, and keep refreshing
+                log.exception("cannot refresh projects; keeping the last list")
+                continue
             if self._failing:
                 log.info("projects refreshed again")
                 self._failing = False

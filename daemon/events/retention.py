@@ -48,9 +48,14 @@ async def enforce(pool: asyncpg.Pool, partitions: Partitions, settings: IngestSe
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK):
             return None
         ids = await conn.execute("DELETE FROM event_ids WHERE received_at < $1", cutoff)
-        trimmed = await conn.execute(_TRIM, settings.max_events_per_issue)
+    # Old days first: dropping them is cheap, and must not wait on the trim (which scans
+    # the events table and may run into the statement timeout on a large one).
     dropped = await drop_before(pool, cutoff.date())
     partitions.forget(dropped)
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK):
+            return None
+        trimmed = await conn.execute(_TRIM, settings.max_events_per_issue)
     return {"partitions": len(dropped), "event_ids": int(ids.split()[-1]),
             "events": int(trimmed.split()[-1])}
 
@@ -83,6 +88,8 @@ class Retention:
                     TimeoutError) as err:
                 log.warning("event retention failed; trying again later", extra=fields(
                     error=f"{type(err).__name__}: {err}"))
+            except Exception:       # a bug: say so, and keep the loop alive
+                log.exception("event retention failed; trying again later")
             else:
                 if removed and any(removed.values()):
                     log.info("event retention", extra=fields(**removed))

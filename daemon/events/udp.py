@@ -32,6 +32,8 @@ log = get_logger("events.udp")
 
 BATCH = 1000                 # datagrams decoded per journal append
 QUEUE_LIMIT = 50_000         # datagrams waiting per listener before new ones are dropped
+QUEUE_BYTES = 64 * 2**20     # and bytes waiting per listener
+BATCH_BYTES = 8 * 2**20      # bytes decoded before the loop gets a turn
 MAX_DATAGRAM_MESSAGE = 8 * 2**20   # a reassembled or decompressed GELF message
 
 
@@ -47,6 +49,7 @@ class UdpMetrics:
             "egen_udp_rejected_total",
             "Datagrams rejected, by listener and reason: source (not in allowed_sources), "
             "format, parse, chunk, too_large, expired (incomplete GELF messages), "
+            "connections (a GELF TCP listener at its connection limit), "
             "queue_full, journal_full.", ["listener", "reason"], registry=registry)
 
 
@@ -61,6 +64,8 @@ class _Listener:
     transport: asyncio.DatagramTransport | None = None
     server: asyncio.Server | None = None        # GELF over TCP instead of UDP
     closed: bool = False
+    pending_bytes: int = 0
+    connections: set[asyncio.StreamWriter] = field(default_factory=set)
     drain: asyncio.Task[None] | None = None
     project: Project | None = None
     expired_seen: int = 0
@@ -173,17 +178,22 @@ class UdpIngest:
                 listener.transport.close()
             if listener.server is not None:
                 listener.server.close()
+            for writer in list(listener.connections):
+                writer.close()
         await asyncio.gather(*(lst.drain for lst in every if lst.drain),
                              return_exceptions=True)
         self.addresses = []
         self.tcp_addresses = []
 
     def full(self, listener: _Listener) -> bool:
-        return len(listener.pending) >= self.queue_limit
+        return (len(listener.pending) >= self.queue_limit
+                or listener.pending_bytes >= QUEUE_BYTES)
 
     # -- the receive path: cheap, no parsing ----------------------------------------------
 
     def received(self, listener: _Listener, data: bytes, addr: Any) -> None:
+        if listener.closed:
+            return
         self._inc("outcome", listener, "received")
         if listener.transport is not None and not self.source_allowed(listener, addr):
             self.note_rejected(listener, "source")
@@ -194,6 +204,7 @@ class UdpIngest:
             self._handled(1)
             return
         listener.pending.append((data, addr, time.time()))
+        listener.pending_bytes += len(data)
         if listener.drain is None:
             listener.drain = asyncio.get_running_loop().create_task(self._drain(listener))
 
@@ -226,7 +237,7 @@ class UdpIngest:
     async def _drain(self, listener: _Listener) -> None:
         try:
             while listener.pending:
-                count = min(BATCH, len(listener.pending))
+                count = self._batch_size(listener)
                 records = self._decode_batch(listener, count)
                 if records:
                     await self._append(listener, records)
@@ -241,24 +252,43 @@ class UdpIngest:
                 listener.drain = asyncio.get_running_loop().create_task(
                     self._drain(listener))
 
+    @staticmethod
+    def _batch_size(listener: _Listener) -> int:
+        """Up to BATCH datagrams, and no more than BATCH_BYTES of them (at least one)."""
+        count = size = 0
+        for data, _, _ in listener.pending:
+            if count == BATCH or (count and size + len(data) > BATCH_BYTES):
+                break
+            count += 1
+            size += len(data)
+        return count
+
     def _decode_batch(self, listener: _Listener, count: int) -> list[bytes]:
         project = self._project(listener) or listener.project
         assert project is not None
         records = []
+        decoded = 0
         for _ in range(count):
             data, addr, received = listener.pending.popleft()
+            listener.pending_bytes -= len(data)
+            decoded += len(data)
             try:
                 event = listener.decoder.decode(data, addr, received)
+                if event is None:
+                    self._inc("outcome", listener, "chunk")
+                    continue
+                result, record = self.ingestor.prepare(
+                    project, event, source="udp", received=received,
+                    min_level=listener.settings.min_level)
             except Rejected as err:
                 self._inc("outcome", listener, "rejected")
                 self._inc("reason", listener, err.reason)
                 continue
-            if event is None:
-                self._inc("outcome", listener, "chunk")
+            except Exception:    # a bug must cost this datagram, not the batch
+                log.exception("cannot decode a datagram", extra=fields(
+                    listener=listener.label))
+                self._inc("outcome", listener, "invalid")
                 continue
-            result, record = self.ingestor.prepare(
-                project, event, source="udp", received=received,
-                min_level=listener.settings.min_level)
             if record is None:
                 self._inc("outcome", listener, result.outcome)
                 continue
