@@ -52,12 +52,20 @@ def add_dns_verbs(verbs: argparse._SubParsersAction, common: argparse.ArgumentPa
     check.set_defaults(func=cmd_dns_check)
 
 
-def _keys(settings: Settings) -> list[DkimKey]:
+def _settings_and_keys(args: argparse.Namespace) -> tuple[Settings, list[DkimKey]] | None:
+    """The config and its DKIM keys (generating those marked `generate = true` that do not
+    exist yet); None, with the reason on stderr, when a key cannot be read or made."""
+    from daemon.mail.dkimkeys import DkimError
     from daemon.mail.server import load_keyring
 
-    keyring = load_keyring(settings)
-    return [key for domain in keyring.domains
-            for key in keyring.signer_for(domain).keys]  # type: ignore[union-attr]
+    settings = load_settings(args)
+    try:
+        keyring = load_keyring(settings)
+    except (DkimError, OSError) as err:
+        sys.stderr.write(f"egen: {err}\n")
+        return None
+    return settings, [key for domain in keyring.domains
+                      for key in keyring.signer_for(domain).keys]  # type: ignore[union-attr]
 
 
 async def _published_spf(domains: list[str], nameserver: str | None) -> dict[str, str]:
@@ -84,14 +92,11 @@ def cmd_dns_records(args: argparse.Namespace) -> int:
     import uvloop
 
     from daemon.dnssetup import records as build
-    from daemon.mail.dkimkeys import DkimError
 
-    settings = load_settings(args)
-    try:
-        keys = _keys(settings)
-    except (DkimError, OSError) as err:
-        sys.stderr.write(f"egen: {err}\n")
+    loaded = _settings_and_keys(args)
+    if loaded is None:
         return EXIT_FAILURE
+    settings, keys = loaded
     domains = build.sending_domains(settings)
     if args.domain:
         if args.domain.lower() not in domains:
@@ -124,14 +129,11 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
     import uvloop
 
     from daemon.dnssetup import checks
-    from daemon.mail.dkimkeys import DkimError
 
-    settings = load_settings(args)
-    try:
-        keys = _keys(settings)
-    except (DkimError, OSError) as err:
-        sys.stderr.write(f"egen: {err}\n")
+    loaded = _settings_and_keys(args)
+    if loaded is None:
         return EXIT_FAILURE
+    settings, keys = loaded
 
     async def run() -> list[checks.Check]:
         resolver = checks.resolver_for(args.nameserver)

@@ -16,36 +16,16 @@ from aiohttp import web
 from daemon.events import gelf
 from daemon.events.datagram import detect
 from daemon.events.decompress import DecompressError, TooLarge, decompress
-from daemon.events.http_common import HttpError, error_response, json_response, read_body
-from daemon.events.http_native import project_for_key
-from daemon.events.ingest import Ingestor, Refused
-from daemon.events.projects import ProjectRegistry
-from daemon.events.settings import IngestSettings
+from daemon.events.http_common import HttpError, read_body
+from daemon.events.http_native import KeyedEndpoint, project_for_key
 
 PATH = "/gelf"
 MAX_MESSAGES = 100_000
 
 
-class GelfHttpEndpoint:
-    def __init__(self, ingestor: Ingestor, projects: ProjectRegistry,
-                 settings: IngestSettings) -> None:
-        self.ingestor = ingestor
-        self.projects = projects
-        self.settings = settings
-
-    def mount(self, app: web.Application) -> None:
-        app.router.add_post(PATH, self.handle)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        try:
-            counts = await self._accept(request)
-        except HttpError as err:
-            return error_response(err)
-        except Refused as err:
-            status = 503 if err.journal_full else 429
-            return error_response(HttpError(status, err.reason),
-                                  {"Retry-After": str(err.retry_after)})
-        return json_response(counts, status=202)
+class GelfHttpEndpoint(KeyedEndpoint):
+    path = PATH
+    status = 202              # Graylog's answer
 
     async def _accept(self, request: web.Request) -> dict[str, Any]:
         project = project_for_key(request, self.projects)

@@ -48,7 +48,14 @@ def project_for_key(request: web.Request, projects: ProjectRegistry) -> Project:
     return project
 
 
-class NativeEndpoint:
+class KeyedEndpoint:
+    """An endpoint for senders that authenticate with a project key and post batches:
+    JSON answers (`status` on success), 429 over the rate limit, 503 with the journal
+    full, each with Retry-After. Subclasses implement `_accept`."""
+
+    path = PATH
+    status = 200
+
     def __init__(self, ingestor: Ingestor, projects: ProjectRegistry,
                  settings: IngestSettings) -> None:
         self.ingestor = ingestor
@@ -56,11 +63,11 @@ class NativeEndpoint:
         self.settings = settings
 
     def mount(self, app: web.Application) -> None:
-        app.router.add_post(PATH, self.handle)
+        app.router.add_post(self.path, self.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
         try:
-            return json_response(await self._accept(request))
+            return json_response(await self._accept(request), status=self.status)
         except HttpError as err:
             return error_response(err)
         except Refused as err:
@@ -68,6 +75,11 @@ class NativeEndpoint:
             return error_response(HttpError(status, err.reason),
                                   {"Retry-After": str(err.retry_after)})
 
+    async def _accept(self, request: web.Request) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class NativeEndpoint(KeyedEndpoint):
     async def _accept(self, request: web.Request) -> dict[str, Any]:
         project = project_for_key(request, self.projects)
         limit = self.settings.max_body_size
