@@ -175,6 +175,7 @@ class App:
         self.http.add_readiness_check("database", self.database.readiness)
         self.http.add_readiness_check("journal", self.journals.readiness)
         self.on_reload(self.smtp.reload)
+        self.on_reload(self.projects.reload)
         # Order matters: storage first, listeners last, so nothing is accepted that
         # cannot be made durable; stop() walks it backwards.
         self.components: list[Component] = [self.database, self.journals, self.projects,

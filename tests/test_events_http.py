@@ -286,3 +286,16 @@ async def test_control_characters_in_an_error_still_get_an_answer(app: App) -> N
                                        orjson.dumps({"tags": {"a\nb": {}}}), AUTH)
     assert status == 400 and "tags" in body["detail"]
     assert "\n" not in headers["X-Sentry-Error"]
+
+
+async def test_sighup_applies_rotated_keys(tmp_path: Path, pg_url: str) -> None:
+    settings = events_config(tmp_path, pg_url)
+    async with started_app(settings) as app:
+        source = settings.source
+        source.write_text(source.read_text().replace('keys = ["appkey01"]',
+                                                     'keys = ["appkey02"]'))
+        assert await app.reload()
+        old, _, _ = await post(app, "/api/1/envelope/", envelope(error_event()), AUTH)
+        new, _, _ = await post(app, "/api/1/envelope/", envelope(error_event()),
+                               {"X-Sentry-Auth": "Sentry sentry_key=appkey02"})
+        assert (old, new) == (403, 200)

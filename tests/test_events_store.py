@@ -182,3 +182,29 @@ def test_compression_from_many_threads_at_once() -> None:
         packed = list(pool.map(compress, payloads))
         unpacked = list(pool.map(decompress_payload, packed))
     assert unpacked == payloads
+
+
+async def test_a_partition_dropped_elsewhere_is_retried_not_skipped(db: Database) -> None:
+    from daemon.events.store import MissingPartition
+
+    partitions = parts.Partitions()
+    store = event_store(lambda: db.pool, partitions)
+    await store([Record(Position(1, 10), encode(event("f1")))])
+    await db.pool.execute(f"DROP TABLE {parts.partition_name(parts.day_of(time.time()))}")
+    record = Record(Position(1, 20), encode(event("f1")))
+    with pytest.raises(MissingPartition):
+        await store([record])          # the consumer retries this batch
+    await store([record])              # and the retry creates the partition again
+    assert await db.pool.fetchval("SELECT count(*) FROM events") == 1
+
+
+async def test_retention_creates_tomorrows_partition(db: Database) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from daemon.events.retention import enforce
+    from daemon.events.settings import IngestSettings
+
+    now = datetime.now(UTC)
+    await enforce(db.pool, parts.Partitions(), IngestSettings(), now=now)
+    days = await parts.existing_days(db.pool)
+    assert {now.date(), (now + timedelta(days=1)).date()} <= days

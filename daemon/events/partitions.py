@@ -46,8 +46,13 @@ class Partitions:
                         f"CREATE TABLE {partition_name(day)} PARTITION OF events "
                         f"FOR VALUES FROM ('{start.isoformat()}') "
                         f"TO ('{(start + timedelta(days=1)).isoformat()}')")
-            self._known.update(missing)
-            self._known.update(existing)
+        # Only once committed: a failed commit must not leave days believed to exist.
+        self._known.update(missing)
+        self._known.update(existing)
+
+    def forget_all(self) -> None:
+        """Another node or an operator dropped a partition this node knew: ask again."""
+        self._known.clear()
 
     def forget(self, days: Iterable[date]) -> None:
         self._known.difference_update(days)

@@ -14,12 +14,16 @@ import contextlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from daemon.events.settings import ProjectSettings, check_key, check_name
 from daemon.logs import fields, get_logger
 from daemon.typedtoml import Invalid
+
+if TYPE_CHECKING:
+    from daemon.config import Settings
 
 log = get_logger("events.projects")
 
@@ -155,6 +159,18 @@ class ProjectRegistry:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    async def reload(self, settings: Settings) -> None:
+        """SIGHUP: the config's projects as they are now (a key removed from egen.toml
+        stops working at once, not at the next restart)."""
+        try:
+            await sync_config(self._pool(), list(settings.projects))
+            self._configured = list(settings.projects)
+            await self.refresh()
+        except (ValueError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+                TimeoutError) as err:
+            log.error("projects reload failed; keeping the previous projects",
+                      extra=fields(error=f"{type(err).__name__}: {err}"))
 
     async def refresh(self) -> None:
         self.by_id = await load_all(self._pool())

@@ -44,6 +44,10 @@ async def enforce(pool: asyncpg.Pool, partitions: Partitions, settings: IngestSe
     """One round; what it removed, or None when another node holds the lock."""
     now = now or datetime.now(UTC)
     cutoff = now - timedelta(days=settings.retention_days)
+    # Tomorrow's partition ahead of time: creating it locks the events table, better
+    # now than under the first batch after midnight.
+    async with pool.acquire() as conn:
+        await partitions.ensure(conn, {now.date(), (now + timedelta(days=1)).date()})
     async with pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK):
             return None

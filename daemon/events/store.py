@@ -94,6 +94,10 @@ SELECT up.*, (SELECT count(*) FROM b) AS new_events FROM up
 """
 
 
+class MissingPartition(Exception):
+    """A day partition vanished under this node; the batch is retried, not skipped."""
+
+
 @dataclass(frozen=True)
 class IssueChange:
     """An issue a batch touched: what alert rules look at once the batch is committed."""
@@ -130,7 +134,15 @@ async def write_batch(pool: asyncpg.Pool, partitions: Partitions,
         async with conn.transaction():
             await conn.execute(_STAGING)
             await conn.copy_records_to_table("event_batch", records=rows, columns=_COLUMNS)
-            issues = await conn.fetch(_WRITE)
+            try:
+                issues = await conn.fetch(_WRITE)
+            except asyncpg.CheckViolationError as err:
+                if "no partition" not in str(err):
+                    raise
+                # A partition this node believed in was dropped elsewhere: not the
+                # data's fault. Forget, and let the consumer retry the batch.
+                partitions.forget_all()
+                raise MissingPartition(str(err)) from None
     new = issues[0]["new_events"] if issues else 0
     return new, [IssueChange(r["id"], r["project_id"], r["title"], r["level"],
                              r["event_count"], r["created"], r["regressed"]) for r in issues]
