@@ -110,3 +110,15 @@ async def test_a_ten_megabyte_batch(app: App) -> None:
     status, answer, _ = await post(app, PATH, body, KEY)
     assert status == 200 and answer["accepted"] == 40_000
     assert await count(app) == 40_000
+
+
+async def test_a_big_batch_costs_its_full_size_in_the_rate_limit(app: App) -> None:
+    """Project "web" allows 5 events a minute: a batch of 20 goes in once, and the debt
+    it leaves keeps the next events out for the minutes it represents."""
+    web = {"Authorization": "Bearer webkey01"}
+    batch = b"\n".join(orjson.dumps(line(n)) for n in range(20))
+    status, answer, _ = await post(app, PATH, batch, web)
+    assert status == 200 and answer["accepted"] == 20
+    status, _, headers = await post(app, PATH, orjson.dumps(line(99)), web)
+    assert status == 429
+    assert int(headers["Retry-After"]) >= (20 - 5 + 1) * 60 // 5

@@ -11,6 +11,7 @@ into an error for the SDK.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,6 @@ from daemon.events.normalize import InvalidEvent, normalize_event
 from daemon.events.projects import Project
 from daemon.events.record import EventRecord, encode
 from daemon.journal import Journal, JournalFull
-from daemon.mail.ratelimit import TokenBucket
 
 YIELD_EVERY = 500
 LEVEL_ORDER = {"debug": 0, "info": 1, "warning": 2, "error": 3, "fatal": 4}
@@ -85,29 +85,27 @@ class Ingestor:
         self.metrics = IngestMetrics(registry)
         self.max_event_size = max_event_size
         self.journal_retry_after = journal_retry_after
-        self._buckets: dict[int, tuple[int, TokenBucket]] = {}
-
-    def _bucket(self, project: Project) -> TokenBucket | None:
-        if project.rate_limit <= 0:
-            return None
-        found = self._buckets.get(project.id)
-        if found is None or found[0] != project.rate_limit:
-            bucket = TokenBucket(rate=project.rate_limit / 60.0, burst=project.rate_limit,
-                                 max_keys=1)
-            found = self._buckets[project.id] = (project.rate_limit, bucket)
-        return found[1]
+        # Per project: (tokens, when). Tokens refill at rate_limit per minute up to one
+        # minute's worth; a batch larger than what is left is admitted when the bucket
+        # is not in debt and leaves it in debt, so a big batch costs its full size.
+        self._buckets: dict[int, tuple[float, float]] = {}
 
     def admit(self, project: Project, count: int, source: str) -> None:
         """Take `count` events from the project's rate limit, or refuse them all."""
-        bucket = self._bucket(project)
-        if bucket is None or count == 0:
+        limit = project.rate_limit
+        if limit <= 0 or count == 0:
             return
-        amount = min(float(count), bucket.burst)
-        if not bucket.take("", amount):
+        now = time.monotonic()
+        tokens, then = self._buckets.get(project.id, (float(limit), now))
+        tokens = min(float(limit), tokens + (now - then) * limit / 60.0)
+        if tokens < min(count, 1.0) or (count <= limit and tokens < count):
+            self._buckets[project.id] = (tokens, now)
             self.metrics.outcome(source, "rate_limited").inc(count)
-            wait = max(1, int(bucket.retry_after("", amount) + 0.999))
+            wanted = min(float(count), float(limit))
+            wait = max(1, math.ceil((wanted - tokens) * 60.0 / limit))
             raise Refused(f"project {project.name!r} is over its rate limit of "
-                          f"{project.rate_limit} events per minute", wait)
+                          f"{limit} events per minute", wait)
+        self._buckets[project.id] = (tokens - count, now)
 
     def prepare(self, project: Project, data: dict[str, Any], *, source: str,
                 received: float, min_level: str | None = None,

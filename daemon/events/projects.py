@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from daemon.db.pool import DatabaseError
 from daemon.events.settings import ProjectSettings, check_key, check_name
 from daemon.logs import fields, get_logger
 from daemon.typedtoml import Invalid
@@ -167,8 +168,8 @@ class ProjectRegistry:
             await sync_config(self._pool(), list(settings.projects))
             self._configured = list(settings.projects)
             await self.refresh()
-        except (ValueError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
-                TimeoutError) as err:
+        except (ValueError, DatabaseError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                OSError, TimeoutError) as err:
             log.error("projects reload failed; keeping the previous projects",
                       extra=fields(error=f"{type(err).__name__}: {err}"))
 
