@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
+from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.reversename
@@ -75,12 +76,48 @@ def _fields(record: str) -> list[tuple[str, str]] | None:
     return fields
 
 
-async def _announcement(owner: str, version: str, resolver: dns.asyncresolver.Resolver
-                        ) -> tuple[list[str], list[str]]:
-    """(all TXT values at `owner`, those starting with `version`;)."""
-    values = await txt(resolver, owner)
-    pattern = re.compile(rf"{re.escape(version)}[ \t]*(;|$)")
-    return values, [v for v in values if pattern.match(v)]
+@dataclass(frozen=True)
+class _Announcement:
+    """What MTA-STS and TLS-RPT records share: one TXT record at `owner` starting with
+    `version`, holding exactly one `tag=`; `configured` says whether the config asks for
+    it (when nothing is published and it does not, there is nothing to check)."""
+
+    name: str
+    owner: str
+    version: str
+    tag: str
+    configured: bool
+    setting: str          # the config key that asks for it, for the message
+    ignored: str          # what senders do with a broken record
+    fix: str
+
+
+async def _one_record(spec: _Announcement, resolver: dns.asyncresolver.Resolver
+                      ) -> Check | tuple[str, str] | None:
+    """The single record and its tag's value, or the failing Check (None: not asked for,
+    nothing published)."""
+    try:
+        values = await txt(resolver, spec.owner)
+    except QueryFailed as e:
+        return could_not_query(spec.name, e, spec.name.split()[-1])
+    pattern = re.compile(rf"{re.escape(spec.version)}[ \t]*(;|$)")
+    records = [v for v in values if pattern.match(v)]
+    if not values:
+        if not spec.configured:
+            return None
+        return Check(spec.name, "fail", f"no TXT record at {spec.owner}, but {spec.setting} "
+                     "is set", spec.fix)
+    if len(records) != 1:
+        found = " | ".join(values)
+        problem = (f"{len(records)} {spec.version} records" if records
+                   else f"no record starts with {spec.version};")
+        return Check(spec.name, "fail", f"{problem}: {spec.ignored}: {found}", spec.fix)
+    fields = _fields(records[0])
+    found_values = [value for key, value in (fields or []) if key == spec.tag]
+    if fields is None or len(found_values) != 1:
+        return Check(spec.name, "fail", f"malformed (needs exactly one {spec.tag}=): "
+                     f"{records[0]}", spec.fix)
+    return records[0], found_values[0]
 
 
 async def mta_sts_check(settings: Settings, domain: str,
@@ -91,28 +128,16 @@ async def mta_sts_check(settings: Settings, domain: str,
     new_id = time.strftime("%Y%m%d%H%M%S", time.gmtime())
     fix = (f"publish one TXT record at {owner}: v=STSv1; id={new_id} (a new id whenever the "
            f"policy at https://mta-sts.{domain}/.well-known/mta-sts.txt changes)")
-    try:
-        values, records = await _announcement(owner, "v=STSv1", resolver)
-    except QueryFailed as e:
-        return could_not_query(name, e, domain)
-    if not values:
-        if settings.dns.mta_sts_mode is None:
-            return None
-        return Check(name, "fail", f"no TXT record at {owner}, but dns.mta_sts_mode is set",
-                     fix)
-    if len(records) != 1:
-        found = " | ".join(values)
-        problem = (f"{len(records)} v=STSv1 records" if records
-                   else "no record starts with v=STSv1;")
-        return Check(name, "fail", f"{problem}: senders ignore MTA-STS: {found}", fix)
-    fields = _fields(records[0])
-    ids = [value for key, value in (fields or []) if key == "id"]
-    if fields is None or len(ids) != 1:
-        return Check(name, "fail", f"malformed (needs exactly one id=): {records[0]}", fix)
-    if not _STS_ID.fullmatch(ids[0]):
-        return Check(name, "fail", f"id={ids[0]} must be 1 to 32 letters and digits "
-                     f"(it has {len(ids[0])} characters): {records[0]}", fix)
-    return Check(name, "pass", f"{records[0]} (the policy file itself is not checked)")
+    found = await _one_record(_Announcement(
+        name, owner, "v=STSv1", "id", settings.dns.mta_sts_mode is not None,
+        "dns.mta_sts_mode", "senders ignore MTA-STS", fix), resolver)
+    if not isinstance(found, tuple):
+        return found
+    record, sts_id = found
+    if not _STS_ID.fullmatch(sts_id):
+        return Check(name, "fail", f"id={sts_id} must be 1 to 32 letters and digits "
+                     f"(it has {len(sts_id)} characters): {record}", fix)
+    return Check(name, "pass", f"{record} (the policy file itself is not checked)")
 
 
 async def tls_rpt_check(settings: Settings, domain: str,
@@ -122,26 +147,14 @@ async def tls_rpt_check(settings: Settings, domain: str,
     name, owner = f"tls-rpt {domain}", f"_smtp._tls.{domain}"
     rua = ",".join(settings.dns.tls_rpt_rua) or f"mailto:tlsrpt@{domain}"
     fix = f"publish one TXT record at {owner}: v=TLSRPTv1; rua={rua}"
-    try:
-        values, records = await _announcement(owner, "v=TLSRPTv1", resolver)
-    except QueryFailed as e:
-        return could_not_query(name, e, domain)
-    if not values:
-        if not settings.dns.tls_rpt_rua:
-            return None
-        return Check(name, "fail", f"no TXT record at {owner}, but dns.tls_rpt_rua is set",
-                     fix)
-    if len(records) != 1:
-        found = " | ".join(values)
-        problem = (f"{len(records)} v=TLSRPTv1 records" if records
-                   else "no record starts with v=TLSRPTv1;")
-        return Check(name, "fail", f"{problem}: senders send no TLS reports: {found}", fix)
-    fields = _fields(records[0])
-    uris = [value for key, value in (fields or []) if key == "rua"]
-    if fields is None or len(uris) != 1:
-        return Check(name, "fail", f"malformed (needs exactly one rua=): {records[0]}", fix)
-    bad = [uri for uri in uris[0].split(",") if not _TLSRPT_URI.fullmatch(uri.strip())]
+    found = await _one_record(_Announcement(
+        name, owner, "v=TLSRPTv1", "rua", bool(settings.dns.tls_rpt_rua),
+        "dns.tls_rpt_rua", "senders send no TLS reports", fix), resolver)
+    if not isinstance(found, tuple):
+        return found
+    record, uris = found
+    bad = [uri for uri in uris.split(",") if not _TLSRPT_URI.fullmatch(uri.strip())]
     if bad:
         return Check(name, "fail", f"rua= has {', '.join(bad)}, not mailto: or https: "
-                     f"addresses: {records[0]}", fix)
-    return Check(name, "pass", records[0])
+                     f"addresses: {record}", fix)
+    return Check(name, "pass", record)
