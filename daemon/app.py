@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from daemon import __version__, sdnotify
+from daemon.alerts.relay_reports import RelayReporter
+from daemon.alerts.service import AlertService
 from daemon.config import ConfigError, Settings, load
 from daemon.consumer import JournalConsumer
 from daemon.db import nodes
@@ -150,21 +152,29 @@ class App:
         self.mail_flusher = JournalConsumer(mail_journal, self._store_mail, name="mail",
                                             registry=self.registry)
         self.smtp = SmtpServer(settings, mail_journal, self.registry)
+        events_journal = self.journals.get("events")
+        self.projects = ProjectRegistry(list(settings.projects), lambda: self.database.db.pool)
+        self.ingestor = Ingestor(events_journal, self.registry,
+                                 max_event_size=settings.ingest.max_event_size)
+        self.alerts = AlertService(settings, pool=lambda: self.database.db.pool,
+                                   owner=lambda: self.database.node_id, projects=self.projects,
+                                   mail=lambda: self.smtp.context, registry=self.registry)
+        self.relay_reports = RelayReporter(lambda: self.settings.alerts, settings.hostname,
+                                           lambda: self.database.db.pool, self.projects,
+                                           self.ingestor)
         self.delivery = DeliveryWorker(
             settings, lambda: self.database.db.pool, lambda: self.database.node_id,
             self.registry, on_final=Notifier(lambda: self.smtp.context,
                                              hostname=settings.hostname,
                                              postmaster=settings.delivery.postmaster,
-                                             lifetime=settings.delivery.lifetime))
-        events_journal = self.journals.get("events")
-        self.projects = ProjectRegistry(list(settings.projects), lambda: self.database.db.pool)
+                                             lifetime=settings.delivery.lifetime),
+            on_report=self.relay_reports)
         partitions = Partitions()
         self.events_flusher = JournalConsumer(
-            events_journal, event_store(lambda: self.database.db.pool, partitions),
+            events_journal, event_store(lambda: self.database.db.pool, partitions,
+                                        on_stored=self.alerts.on_stored),
             name="events", registry=self.registry, max_records=2000)
         self.retention = Retention(lambda: self.database.db.pool, partitions, settings.ingest)
-        self.ingestor = Ingestor(events_journal, self.registry,
-                                 max_event_size=settings.ingest.max_event_size)
         SentryEndpoints(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
         NativeEndpoint(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
         GelfHttpEndpoint(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
@@ -176,12 +186,13 @@ class App:
         self.http.add_readiness_check("journal", self.journals.readiness)
         self.on_reload(self.smtp.reload)
         self.on_reload(self.projects.reload)
+        self.on_reload(self.alerts.reload)
         # Order matters: storage first, listeners last, so nothing is accepted that
         # cannot be made durable; stop() walks it backwards.
         self.components: list[Component] = [self.database, self.journals, self.projects,
-                                             self.mail_flusher, self.events_flusher,
-                                             self.retention, self.smtp, self.delivery,
-                                             self.udp, self.http]
+                                             self.relay_reports, self.mail_flusher,
+                                             self.events_flusher, self.retention, self.smtp,
+                                             self.alerts, self.delivery, self.udp, self.http]
 
     async def _store_mail(self, records: list[Record]) -> None:
         await mail_store(self.database.db.pool)(records)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from daemon import __version__
+from daemon.cli_alerts import add_alert_verbs
 from daemon.cli_common import load_settings, with_database
 from daemon.cli_dns import add_dns_verbs
 from daemon.cli_events import add_events_verbs
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_queue_verbs(verbs, common)
     add_mail_verbs(verbs, common)
     add_events_verbs(verbs, common)
+    add_alert_verbs(verbs, common)
     add_dns_verbs(verbs, common)
     return parser
 

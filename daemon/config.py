@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from daemon.alerts.settings import AlertSettings
 from daemon.dnssetup.settings import DnsSettings
 from daemon.events.settings import IngestSettings, ProjectSettings, check_projects
 from daemon.mail.routing import RouteSettings, check_routes
@@ -91,6 +92,7 @@ class Settings:
     dns: DnsSettings = field(default_factory=DnsSettings)
     # Error-tracking projects kept in the config (more can live in the database).
     projects: list[ProjectSettings] = field(default_factory=list)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     # Where the settings came from; not a TOML key.
     source: Path = field(default=Path("<defaults>"), compare=False)
 

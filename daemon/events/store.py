@@ -1,6 +1,9 @@
 """Writes batches of accepted events into Postgres: one transaction per batch, with COPY
 into a staging table and one statement that deduplicates event ids, upserts each issue
-once (counts, first/last seen, regression) and inserts the events.
+once (counts, first/last seen, regression) and inserts the events, together with the
+per-minute counts spike rules read and the new and regressed issues alerts start from
+(in the same transaction, so an alert can never be lost to a crash or sent for an event
+that was not stored).
 
 Idempotent, as a journal consumer's store must be: a replayed batch finds its event ids
 taken and changes nothing. Nodes sharing the database add to the same issue rows (the
@@ -81,7 +84,7 @@ WITH fresh AS (
         resolved_at = CASE WHEN i.status = 'resolved' THEN NULL ELSE i.resolved_at END,
         regressed_at = CASE WHEN i.status = 'resolved' THEN now() ELSE i.regressed_at END
     RETURNING i.id, i.project_id, i.grouping_version, i.fingerprint, i.title, i.level,
-              i.event_count, (xmax = 0) AS created,
+              i.event_count, i.regressed_at, (xmax = 0) AS created,
               (i.regressed_at IS NOT NULL AND i.regressed_at = now()) AS regressed
 ), stored AS (
     INSERT INTO events (project_id, event_id, issue_id, received_at, timestamp, level,
@@ -89,6 +92,18 @@ WITH fresh AS (
     SELECT b.project_id, b.event_id, up.id, b.received_at, b.ts, b.level, b.environment,
            b.release, b.payload
       FROM b JOIN up USING (project_id, grouping_version, fingerprint)
+), minutes AS (
+    INSERT INTO issue_minutes AS m (issue_id, minute, events)
+    SELECT up.id, date_trunc('minute', b.received_at), count(*)
+      FROM b JOIN up USING (project_id, grouping_version, fingerprint)
+     GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (issue_id, minute) DO UPDATE SET events = m.events + excluded.events
+), triggers AS (
+    INSERT INTO alert_triggers (project_id, issue_id, kind, dedup)
+    SELECT project_id, id, CASE WHEN created THEN 'new' ELSE 'regressed' END,
+           CASE WHEN created THEN '' ELSE regressed_at::text END
+      FROM up WHERE created OR regressed
+    ON CONFLICT DO NOTHING
 )
 SELECT up.*, (SELECT count(*) FROM b) AS new_events FROM up
 """

@@ -35,7 +35,12 @@ maillog = get_logger("maillog")
 
 Final = tuple[store.ClaimedMessage, list[tuple[store.Claimed, Outcome, str]]]
 BounceHook = Callable[[Sequence[Final]], Awaitable[None]]
-Group = tuple[list[store.Result], list[Final]]     # one group's results, and its finals
+# A recipient that did not get its mail this time: (message, recipient, outcome, status
+# bounced | expired | deferred), for the relay's own failure reports.
+Report = tuple[store.ClaimedMessage, store.Claimed, Outcome, str]
+ReportHook = Callable[[Sequence[Report]], Awaitable[None]]
+# One group's results, its finals (to notify senders of) and its reports.
+Group = tuple[list[store.Result], list[Final], list[Report]]
 T = TypeVar("T")
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -79,13 +84,14 @@ class DeliveryWorker:
 
     def __init__(self, settings: Settings, pool: Callable[[], asyncpg.Pool],
                  owner: Callable[[], str], registry: CollectorRegistry,
-                 *, on_final: BounceHook | None = None, rng: random.Random | None = None
-                 ) -> None:
+                 *, on_final: BounceHook | None = None, on_report: ReportHook | None = None,
+                 rng: random.Random | None = None) -> None:
         self.settings = settings
         self._pool = pool
         self._owner = owner
         self.metrics = DeliveryMetrics(registry)
         self.on_final = on_final
+        self.on_report = on_report
         self.rng = rng or random.Random()
         d = settings.delivery
         self.policy = RetryPolicy(first_retry=d.first_retry, max_backoff=d.max_backoff,
@@ -246,7 +252,7 @@ class DeliveryWorker:
         except Exception:    # a bug: the lease runs out and the recipients are tried again
             log.exception("delivery failed", extra=fields(queue_id=message.id))
             self._in_flight -= len(items)
-            return [], []
+            return [], [], []
 
     async def _deliver_group(self, message: store.ClaimedMessage,
                              items: list[store.Claimed]) -> Group:
@@ -255,6 +261,7 @@ class DeliveryWorker:
         by_idx = {o.idx: o for o in outcomes}
         rows: list[store.Result] = []
         finals: list[tuple[store.Claimed, Outcome, str]] = []
+        reports: list[Report] = []
         for item in items:
             outcome = by_idx[item.idx]
             status, next_at = self._decide(item, message, outcome, now)
@@ -266,6 +273,8 @@ class DeliveryWorker:
                 finals.append((item, outcome, status))
             elif status == "deferred" and self._warning_due(message, now):
                 finals.append((item, outcome, "delayed"))
+            if status != "delivered":
+                reports.append((message, item, outcome, status))
             rows.append(store.Result(item.message_id, item.idx, status, next_at,
                                      outcome.code, outcome.response,
                                      {"remote": outcome.remote, "tls": outcome.tls}))
@@ -273,7 +282,7 @@ class DeliveryWorker:
                 queue_id=item.message_id, to=item.recipient, relay=outcome.remote or "none",
                 tls=outcome.tls or "none", attempts=item.attempts + 1,
                 reply=f"{outcome.code} {outcome.response}"))
-        return rows, [(message, finals)] if finals else []
+        return rows, [(message, finals)] if finals else [], reports
 
     async def _flush(self) -> None:
         """Record the finished groups' results in one statement. One caller at a time
@@ -285,9 +294,10 @@ class DeliveryWorker:
         try:
             while self._done:
                 done, self._done = self._done, []
-                rows = [row for group_rows, _ in done for row in group_rows]
+                rows = [row for group_rows, _, _ in done for row in group_rows]
+                reports = [report for _, _, group_reports in done for report in group_reports]
                 finals: dict[str, Final] = {}      # one notification per message
-                for _, group_finals in done:
+                for _, group_finals, _ in done:
                     for message, entries in group_finals:
                         finals.setdefault(message.id, (message, []))[1].extend(entries)
                 try:
@@ -302,6 +312,11 @@ class DeliveryWorker:
                         await self.on_final(list(finals.values()))
                     except Exception:
                         log.exception("could not queue delivery status notifications")
+                if reports and self.on_report is not None:
+                    try:
+                        await self.on_report(reports)
+                    except Exception:
+                        log.exception("could not report delivery failures")
         finally:
             self._flushing = False
 

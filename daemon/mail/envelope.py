@@ -7,6 +7,7 @@ envelope is JSON. Layout: b"EM1" | u32 envelope length | envelope JSON | message
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import struct
@@ -30,7 +31,16 @@ _random = random.Random(os.urandom(32))
 
 def new_queue_id() -> str:
     """A 14-character random ID, unique across nodes without coordination (~69 bits)."""
-    n = _random.getrandbits(70)
+    return _queue_id(_random.getrandbits(70))
+
+
+def queue_id_for(seed: str) -> str:
+    """The queue ID of mail egen writes for `seed` (an alert send): queueing it twice, as
+    a retry after a crash may, stores it once (the queue skips IDs it holds)."""
+    return _queue_id(int.from_bytes(hashlib.sha256(seed.encode()).digest()[:9]) >> 2)
+
+
+def _queue_id(n: int) -> str:
     chars = []
     for _ in range(14):
         n, digit = divmod(n, 31)

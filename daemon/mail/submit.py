@@ -103,9 +103,10 @@ async def sign_and_queue(ctx: IntakeContext, *, queue_id: str, sender: str,
 
 
 async def submit_local(ctx: IntakeContext, *, sender: str, recipients: Sequence[str],
-                       message: bytes) -> str:
-    """Queue mail egen itself writes (bounces, alerts); returns the queue ID."""
-    queue_id = queue_record.new_queue_id()
+                       message: bytes, queue_id: str | None = None) -> str:
+    """Queue mail egen itself writes (bounces, alerts); returns the queue ID. A fixed
+    `queue_id` makes a repeated submission of the same mail a no-op in the queue."""
+    queue_id = queue_id or queue_record.new_queue_id()
     now = time.time()
     received = (f"Received: by {ctx.hostname} (egen) id {queue_id};\r\n"
                 f"\t{formatdate(now)}\r\n").encode()

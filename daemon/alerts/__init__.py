@@ -1,0 +1,1 @@
+"""Alerts: rules over issue changes, sent by mail through egen's own queue and by webhooks."""
