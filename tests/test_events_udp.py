@@ -261,3 +261,61 @@ async def test_a_gzipped_gelf_batch_over_http(app: App) -> None:
         assert (await response.json())["accepted"] == 3
     await stored(app)
     assert [r["count"] for r in await issue_rows(app)] == [3]
+
+
+async def test_udp_events_count_against_the_project_rate_limit(tmp_path: Path,
+                                                                pg_url: str) -> None:
+    """Project "web" allows 5 events a minute: over UDP there is no one to ask to retry,
+    so what fits is stored and the rest is dropped and counted."""
+    web = UDP.replace('project = "app"', 'project = "web"')
+    async with started_app(events_config(tmp_path, pg_url, ingest=web)) as app:
+        port = udp_port(app)
+
+        def send() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for n in range(8):
+                    sock.sendto(orjson.dumps({"message": f"disk {n} full", "level": "error"}),
+                                ("127.0.0.1", port))
+
+        await emit(app, 8, send)
+        rows = await issue_rows(app)
+        assert sum(r["count"] for r in rows) == 5
+        assert metric(app, "egen_udp_rejected_total", reason="rate_limited") == 3
+        assert metric(app, "egen_udp_datagrams_total", outcome="dropped") == 3
+        assert metric(app, "egen_events_outcomes_total", source="udp",
+                      outcome="rate_limited") == 3
+
+
+async def test_one_source_cannot_hold_every_gelf_tcp_connection(tmp_path: Path,
+                                                                pg_url: str) -> None:
+    from daemon.events.gelf_tcp import MAX_PER_SOURCE
+
+    async with started_app(events_config(tmp_path, pg_url, ingest=TCP)) as app:
+        port = app.udp.tcp_addresses[0][1]
+        held = [await asyncio.open_connection("127.0.0.1", port)
+                for _ in range(MAX_PER_SOURCE + 1)]
+        try:
+            # The connection over the per-source limit is closed at once ...
+            assert await asyncio.wait_for(held[-1][0].read(), 20) == b""
+            assert metric(app, "egen_udp_rejected_total", reason="connections") == 1
+            # ... while another host is still served.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.2", 0))
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            _, writer = await asyncio.open_connection(sock=sock)
+            frame = orjson.dumps({"version": "1.1", "host": "h2", "level": 3,
+                                  "short_message": "queue stalled"}) + b"\0"
+            writer.write(frame)
+            await writer.drain()
+            await asyncio.wait_for(app.udp.wait_until(lambda: app.udp.accepted >= 1), 20)
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            for _, w in held:
+                w.close()
+                with contextlib.suppress(ConnectionError):
+                    await w.wait_closed()
+        await stored(app)
+        [row] = await issue_rows(app)
+        assert row["title"] == "queue stalled"

@@ -21,6 +21,9 @@ log = get_logger("events.gelf_tcp")
 
 MAX_FRAME = 8 * 2**20
 MAX_CONNECTIONS = 1000       # per listener; each may buffer up to MAX_FRAME
+# per source address, so one host cannot hold every slot (Postfix's
+# smtpd_client_connection_count_limit has the same default)
+MAX_PER_SOURCE = 50
 
 
 async def serve(owner: UdpIngest, listener: _Listener) -> asyncio.Server:
@@ -28,11 +31,14 @@ async def serve(owner: UdpIngest, listener: _Listener) -> asyncio.Server:
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        if len(listener.connections) >= MAX_CONNECTIONS or listener.closed:
+        source = peer[0] if isinstance(peer, tuple) else str(peer)
+        if (len(listener.connections) >= MAX_CONNECTIONS or listener.closed
+                or listener.per_source.get(source, 0) >= MAX_PER_SOURCE):
             owner.note_rejected(listener, "connections")
             writer.close()
             return
         listener.connections.add(writer)
+        listener.per_source[source] = listener.per_source.get(source, 0) + 1
         try:
             await _frames(owner, listener, reader, peer)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -43,6 +49,10 @@ async def serve(owner: UdpIngest, listener: _Listener) -> asyncio.Server:
                 listener=listener.label, peer=str(peer), limit=MAX_FRAME))
         finally:
             listener.connections.discard(writer)
+            if listener.per_source[source] <= 1:
+                del listener.per_source[source]
+            else:
+                listener.per_source[source] -= 1
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()

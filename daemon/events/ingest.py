@@ -107,6 +107,22 @@ class Ingestor:
                           f"{limit} events per minute", wait)
         self._buckets[project.id] = (tokens - count, now)
 
+    def take(self, project: Project, count: int, source: str) -> int:
+        """How many of `count` events the project's rate limit lets through now (the
+        others are counted rate_limited). For sources that cannot be told to retry (UDP,
+        GELF over TCP): what fits is stored, the excess is dropped, never the batch."""
+        limit = project.rate_limit
+        if limit <= 0 or count == 0:
+            return count
+        now = time.monotonic()
+        tokens, then = self._buckets.get(project.id, (float(limit), now))
+        tokens = min(float(limit), tokens + (now - then) * limit / 60.0)
+        allowed = min(count, max(0, math.floor(tokens)))
+        self._buckets[project.id] = (tokens - allowed, now)
+        if allowed < count:
+            self.metrics.outcome(source, "rate_limited").inc(count - allowed)
+        return allowed
+
     def prepare(self, project: Project, data: dict[str, Any], *, source: str,
                 received: float, min_level: str | None = None,
                 raw: bytes | None = None) -> tuple[Result, bytes | None]:

@@ -47,13 +47,15 @@ class UdpMetrics:
             "Datagrams by listener and outcome: received, chunk (a GELF chunk kept until "
             "its message is complete), accepted, filtered (below min_level), invalid (not "
             "a usable event), rejected (see egen_udp_rejected_total), dropped (queue or "
-            "journal full).", ["listener", "outcome"], registry=registry)
+            "journal full, or over the project's rate limit).", ["listener", "outcome"],
+            registry=registry)
         self.rejected = Counter(
             "egen_udp_rejected_total",
             "Datagrams rejected, by listener and reason: source (not in allowed_sources), "
             "format, parse, chunk, too_large, expired (incomplete GELF messages), "
-            "connections (a GELF TCP listener at its connection limit), "
-            "queue_full, journal_full.", ["listener", "reason"], registry=registry)
+            "connections (a GELF TCP listener at its connection limit, in all or for "
+            "one source), queue_full, journal_full, rate_limited (the project's "
+            "rate_limit).", ["listener", "reason"], registry=registry)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class _Listener:
     closed: bool = False
     pending_bytes: int = 0
     connections: set[asyncio.StreamWriter] = field(default_factory=set)
+    per_source: dict[str, int] = field(default_factory=dict)    # open TCP connections
     drain: asyncio.Task[None] | None = None
     project: Project | None = None
     expired_seen: int = 0
@@ -297,6 +300,11 @@ class UdpIngest:
                 self._inc("outcome", listener, result.outcome)
                 continue
             records.append(record)
+        allowed = self.ingestor.take(project, len(records), "udp")
+        if allowed < len(records):
+            self._inc("outcome", listener, "dropped", len(records) - allowed)
+            self._inc("reason", listener, "rate_limited", len(records) - allowed)
+            del records[allowed:]
         expired = listener.decoder.assembler.expired
         if expired > listener.expired_seen:
             self._inc("reason", listener, "expired", expired - listener.expired_seen)
