@@ -35,7 +35,8 @@ log = get_logger("events.udp")
 BATCH = 1000                 # datagrams decoded per journal append
 QUEUE_LIMIT = 50_000         # datagrams waiting per listener before new ones are dropped
 QUEUE_BYTES = 64 * 2**20     # and bytes waiting per listener
-BATCH_BYTES = 8 * 2**20      # bytes decoded before the loop gets a turn
+BATCH_BYTES = 8 * 2**20      # bytes decoded per journal append
+SLICE = 0.002                # seconds of decoding between two turns of the loop
 RECEIVE_BUFFER = 8 * 2**20
 MAX_DATAGRAM_MESSAGE = 8 * 2**20   # a reassembled or decompressed GELF message
 
@@ -245,7 +246,7 @@ class UdpIngest:
         try:
             while listener.pending:
                 count = self._batch_size(listener)
-                records = self._decode_batch(listener, count)
+                records = await self._decode_batch(listener, count)
                 if records:
                     await self._append(listener, records)
                 self._handled(count)
@@ -270,15 +271,21 @@ class UdpIngest:
             size += len(data)
         return count
 
-    def _decode_batch(self, listener: _Listener, count: int) -> list[bytes]:
+    async def _decode_batch(self, listener: _Listener, count: int) -> list[bytes]:
+        """Decode `count` queued datagrams into journal records. Every SLICE seconds the
+        loop gets a turn, so the socket is read while a batch is decoded: a burst waits
+        in the queue (bounded, counted when full) instead of overflowing the kernel's
+        receive buffer, which holds far fewer datagrams than a batch takes to decode."""
         project = self._project(listener) or listener.project
         assert project is not None
         records = []
-        decoded = 0
+        turn = time.monotonic() + SLICE
         for _ in range(count):
+            if time.monotonic() >= turn:
+                await asyncio.sleep(0)
+                turn = time.monotonic() + SLICE
             data, addr, received = listener.pending.popleft()
             listener.pending_bytes -= len(data)
-            decoded += len(data)
             try:
                 event = listener.decoder.decode(data, addr, received)
                 if event is None:
