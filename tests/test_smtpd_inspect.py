@@ -30,6 +30,11 @@ def tables(smtp: EgenSMTP) -> tuple[dict[str, tuple[Any, bool]], str]:
     return methods, smtp._ehlo_hook_ver
 
 
+def commands(smtp: EgenSMTP) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The hook and command tables aiosmtpd builds with dir()."""
+    return smtp._handle_hooks, smtp._smtp_methods
+
+
 @pytest.mark.parametrize("allow_auth", [True, False])
 async def test_same_tables_as_with_the_real_inspect(monkeypatch: pytest.MonkeyPatch,
                                                     allow_auth: bool) -> None:
@@ -37,9 +42,16 @@ async def test_same_tables_as_with_the_real_inspect(monkeypatch: pytest.MonkeyPa
     assert isinstance(aiosmtpd.smtp.inspect, smtpd_inspect.MemoizedInspect)
     fast = [EgenSMTP(handler, allow_auth=allow_auth) for _ in range(2)]
     monkeypatch.setattr(aiosmtpd.smtp, "inspect", inspect)
+    monkeypatch.delattr(aiosmtpd.smtp, "dir")
     real = EgenSMTP(handler, allow_auth=allow_auth)
     want_methods, want_ehlo = tables(real)
+    want_hooks, want_commands = commands(real)
+    assert "EHLO" in want_hooks and "DATA" in want_commands and "STARTTLS" in want_commands
     for smtp in fast:
+        hooks, smtp_methods = commands(smtp)
+        assert hooks == want_hooks            # the same handler's bound methods
+        assert smtp_methods.keys() == want_commands.keys()
+        assert all(m.__self__ is smtp for m in smtp_methods.values())
         methods, ehlo = tables(smtp)
         assert ehlo == want_ehlo == "new"
         assert methods.keys() == want_methods.keys()
@@ -55,5 +67,6 @@ async def test_same_tables_as_with_the_real_inspect(monkeypatch: pytest.MonkeyPa
 def test_not_installed_over_another_release(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(aiosmtpd, "__version__", "1.5.0")
     monkeypatch.setattr(aiosmtpd.smtp, "inspect", inspect)
+    monkeypatch.delattr(aiosmtpd.smtp, "dir")
     assert smtpd_inspect.install() is False
-    assert aiosmtpd.smtp.inspect is inspect
+    assert aiosmtpd.smtp.inspect is inspect and not hasattr(aiosmtpd.smtp, "dir")

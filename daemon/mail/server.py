@@ -166,7 +166,10 @@ class SmtpServer:
             decode_data=False, hostname=self.settings.hostname, ident="egen ESMTP",
             tls_context=self.tls_context if listener.tls == "starttls" else None,
             require_starttls=listener.require_tls, timeout=smtp.timeout,
-            auth_require_tls=not listener.allow_plaintext_auth)
+            auth_require_tls=not listener.allow_plaintext_auth,
+            # without it, aiosmtpd looks the loop up under warnings.catch_warnings() for
+            # every connection, which costs more than the rest of its setup
+            loop=asyncio.get_running_loop())
         return session
 
     async def stop(self) -> None:
