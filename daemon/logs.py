@@ -83,12 +83,6 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
     """(Re)configure the root `egen` logger; safe to call again on SIGHUP."""
-    # The lines carry none of the caller's file and line, thread or process: not looking
-    # them up for every record is the logging HOWTO's own advice for busy programs.
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger("egen")

@@ -90,14 +90,19 @@ class Ingestor:
         # is not in debt and leaves it in debt, so a big batch costs its full size.
         self._buckets: dict[int, tuple[float, float]] = {}
 
+    def _tokens(self, project: Project) -> tuple[float, float]:
+        """(tokens in the project's bucket now, now)."""
+        limit = float(project.rate_limit)
+        now = time.monotonic()
+        tokens, then = self._buckets.get(project.id, (limit, now))
+        return min(limit, tokens + (now - then) * limit / 60.0), now
+
     def admit(self, project: Project, count: int, source: str) -> None:
         """Take `count` events from the project's rate limit, or refuse them all."""
         limit = project.rate_limit
         if limit <= 0 or count == 0:
             return
-        now = time.monotonic()
-        tokens, then = self._buckets.get(project.id, (float(limit), now))
-        tokens = min(float(limit), tokens + (now - then) * limit / 60.0)
+        tokens, now = self._tokens(project)
         if tokens < min(count, 1.0) or (count <= limit and tokens < count):
             self._buckets[project.id] = (tokens, now)
             self.metrics.outcome(source, "rate_limited").inc(count)
@@ -111,12 +116,9 @@ class Ingestor:
         """How many of `count` events the project's rate limit lets through now (the
         others are counted rate_limited). For sources that cannot be told to retry (UDP,
         GELF over TCP): what fits is stored, the excess is dropped, never the batch."""
-        limit = project.rate_limit
-        if limit <= 0 or count == 0:
+        if project.rate_limit <= 0 or count == 0:
             return count
-        now = time.monotonic()
-        tokens, then = self._buckets.get(project.id, (float(limit), now))
-        tokens = min(float(limit), tokens + (now - then) * limit / 60.0)
+        tokens, now = self._tokens(project)
         allowed = min(count, max(0, math.floor(tokens)))
         self._buckets[project.id] = (tokens - allowed, now)
         if allowed < count:
