@@ -38,6 +38,20 @@ class DatabaseError(Exception):
     (no password); the embedded or migration error, if any, is its __cause__."""
 
 
+# What a request that reads or writes Postgres may meet while the database is away: the
+# pool is closed or being replaced, Postgres restarts, refuses connections, cancels the
+# statement (statement_timeout) or the network drops. Worth answering 503, not 500.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    DatabaseError,
+    OSError,
+    TimeoutError,
+)
+
+
 def mask_password(url: str) -> str:
     """The URL with any password (user:pw@ or ?password=) replaced by ***."""
     try:

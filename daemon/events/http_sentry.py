@@ -152,7 +152,7 @@ class SentryEndpoints:
             if key is None:
                 self._authorize(request, project, None)
             assert project is not None
-            return await self._store(project, body)
+            return await self._store(project, body, request.remote)
         try:
             envelope = parse_envelope(body)
         except EnvelopeError as err:
@@ -160,9 +160,10 @@ class SentryEndpoints:
         if key is None:
             project = self._authorize(request, project, _dsn_key(envelope.dsn))
         assert project is not None
-        return await self._envelope(project, envelope.items, envelope.event_id)
+        return await self._envelope(project, envelope.items, envelope.event_id, request.remote)
 
-    async def _store(self, project: Project, body: bytes) -> dict[str, Any]:
+    async def _store(self, project: Project, body: bytes,
+                     client_ip: str | None) -> dict[str, Any]:
         try:
             event = decode_store_body(body, limit=self.settings.max_event_size)
         except EnvelopeError as err:
@@ -170,10 +171,10 @@ class SentryEndpoints:
         except ValueError:     # TooLarge from its decompressor
             raise HttpError(413, f"event exceeds {self.settings.max_event_size} bytes "
                                  "(ingest.max_event_size)") from None
-        return await self._ingest(project, [event], event.get("event_id"))
+        return await self._ingest(project, [event], event.get("event_id"), None, client_ip)
 
-    async def _envelope(self, project: Project, items: Any, event_id: str | None
-                        ) -> dict[str, Any]:
+    async def _envelope(self, project: Project, items: Any, event_id: str | None,
+                        client_ip: str | None) -> dict[str, Any]:
         events = []
         raws = []
         for i, item in enumerate(items, 1):
@@ -191,12 +192,13 @@ class SentryEndpoints:
             raws.append(item.payload)
         if not events:
             return {"id": event_id} if event_id else {}
-        return await self._ingest(project, events, event_id, raws)
+        return await self._ingest(project, events, event_id, raws, client_ip)
 
-    async def _ingest(self, project: Project, events: list[dict[str, Any]],
-                      event_id: Any, raws: list[bytes] | None = None) -> dict[str, Any]:
+    async def _ingest(self, project: Project, events: list[dict[str, Any]], event_id: Any,
+                      raws: list[bytes] | None, client_ip: str | None) -> dict[str, Any]:
         self.ingestor.admit(project, len(events), "sentry")
-        results = await self.ingestor.accept(project, events, source="sentry", raws=raws)
+        results = await self.ingestor.accept(project, events, source="sentry", raws=raws,
+                                             client_ip=client_ip)
         accepted = [r for r in results if r.outcome == "accepted"]
         if not accepted:
             errors = "; ".join(r.error or r.outcome for r in results)

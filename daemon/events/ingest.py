@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 
+from daemon.events.facets import facets
 from daemon.events.fingerprint import GROUPING_VERSION, grouping_hash
 from daemon.events.normalize import InvalidEvent, normalize_event
 from daemon.events.projects import Project
@@ -80,8 +81,10 @@ class Result:
 
 class Ingestor:
     def __init__(self, journal: Journal, registry: CollectorRegistry, *,
-                 max_event_size: int, journal_retry_after: int = 10) -> None:
+                 max_event_size: int, journal_retry_after: int = 10,
+                 with_facets: bool = True) -> None:
         self.journal = journal
+        self.with_facets = with_facets
         self.metrics = IngestMetrics(registry)
         self.max_event_size = max_event_size
         self.journal_retry_after = journal_retry_after
@@ -127,9 +130,11 @@ class Ingestor:
 
     def prepare(self, project: Project, data: dict[str, Any], *, source: str,
                 received: float, min_level: str | None = None,
-                raw: bytes | None = None) -> tuple[Result, bytes | None]:
+                raw: bytes | None = None,
+                client_ip: str | None = None) -> tuple[Result, bytes | None]:
         """Normalize and fingerprint one event; (result, journal record or None). `raw` is
-        the JSON `data` was parsed from, kept as it is when nothing in it changed."""
+        the JSON `data` was parsed from, kept as it is when nothing in it changed;
+        `client_ip` is the sender's address (for a user `ip_address` of "{{auto}}")."""
         try:
             event = normalize_event(data, received=received)
         except InvalidEvent as err:
@@ -145,18 +150,27 @@ class Ingestor:
             self.metrics.outcome(source, "invalid").inc()
             return Result("invalid", event.event_id, f"event is larger than "
                           f"{self.max_event_size} bytes (ingest.max_event_size)"), None
+        tags: tuple[tuple[str, str], ...] = ()
+        user = None
+        if self.with_facets:
+            found = facets(event, client_ip)
+            tags = found.tags
+            if found.user is not None:
+                u = found.user
+                user = (u.key, u.id, u.email, u.username, u.ip_address)
         record = EventRecord(
             project_id=project.id, event_id=event.event_id,
             grouping_version=GROUPING_VERSION, fingerprint=grouping_hash(event),
             title=_text(event.title), culprit=_text(event.culprit or ""), level=event.level,
             timestamp=event.timestamp, received_at=received,
             environment=_opt_text(event.environment), release=_opt_text(event.release),
-            payload=raw)
+            payload=raw, tags=tags, user=user)
         return Result("accepted", event.event_id), encode(record)
 
     async def accept(self, project: Project, events: Sequence[dict[str, Any]], *,
                      source: str, min_level: str | None = None,
-                     raws: Sequence[bytes] | None = None) -> list[Result]:
+                     raws: Sequence[bytes] | None = None,
+                     client_ip: str | None = None) -> list[Result]:
         """Make the events durable (all of them in one journal append); one Result each.
         `raws`, when given, are the JSON texts the events were parsed from. Raises Refused
         when nothing could be stored."""
@@ -168,7 +182,8 @@ class Ingestor:
                 await asyncio.sleep(0)      # a big batch must not freeze the loop
             result, record = self.prepare(project, data, source=source, received=received,
                                           min_level=min_level,
-                                          raw=raws[i] if raws is not None else None)
+                                          raw=raws[i] if raws is not None else None,
+                                          client_ip=client_ip)
             results.append(result)
             if record is not None:
                 records.append(record)

@@ -42,6 +42,11 @@ class EventRecord:
     environment: str | None
     release: str | None
     payload: bytes                # the event's JSON
+    # Facets (see daemon.events.facets): tag values counted per issue, and the user as
+    # (key, id, email, username, ip_address). Records written before facets existed
+    # have none.
+    tags: tuple[tuple[str, str], ...] = ()
+    user: tuple[str, str | None, str | None, str | None, str | None] | None = None
 
 
 def compress(data: bytes) -> bytes:
@@ -64,7 +69,8 @@ def encode(record: EventRecord) -> bytes:
         "grouping_version": record.grouping_version, "fingerprint": record.fingerprint,
         "title": record.title, "culprit": record.culprit, "level": record.level,
         "timestamp": record.timestamp, "received_at": record.received_at,
-        "environment": record.environment, "release": record.release})
+        "environment": record.environment, "release": record.release,
+        "tags": record.tags, "user": record.user})
     return b"".join((MAGIC, _LENGTH.pack(len(head)), head, record.payload))
 
 
@@ -97,7 +103,31 @@ def decode(data: bytes) -> EventRecord:
             raise RecordError(f"header field {name} is not a string")
     if not (math.isfinite(header["timestamp"]) and math.isfinite(header["received_at"])):
         raise RecordError("timestamp or received_at is not a finite number")
+    header["tags"] = _tags(header.get("tags", ()))
+    header["user"] = _user(header.get("user"))
     try:
         return EventRecord(**header, payload=data[start + length:])
     except TypeError as err:
         raise RecordError(f"header has unexpected fields: {err}") from None
+
+
+def _tags(value: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list | tuple):
+        raise RecordError("header field tags is not a list")
+    tags = []
+    for pair in value:
+        if (not isinstance(pair, list | tuple) or len(pair) != 2
+                or not all(isinstance(part, str) for part in pair)):
+            raise RecordError("header field tags holds something else than [key, value]")
+        tags.append((pair[0], pair[1]))
+    return tuple(tags)
+
+
+def _user(value: object) -> tuple[str, str | None, str | None, str | None, str | None] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list | tuple) or len(value) != 5 or not isinstance(value[0], str)
+            or not all(part is None or isinstance(part, str) for part in value[1:])):
+        raise RecordError("header field user is not [key, id, email, username, ip_address]")
+    key, user_id, email, username, ip_address = value
+    return key, user_id, email, username, ip_address

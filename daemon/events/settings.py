@@ -117,6 +117,10 @@ class IngestSettings:
     # How long events are kept, and how many per issue (issue counts stay exact).
     retention_days: int = 30
     max_events_per_issue: int = 1000
+    # Per-issue users, tag value counts, hourly counts and releases, written with each
+    # batch for the web pages; false skips them (the pages then show counts and events
+    # only), which is what scripts/bench-ingest compares against.
+    facets: bool = True
     # UDP listeners (GELF, JSON, syslog), each for one project.
     udp: list[DatagramListenerSettings] = field(default_factory=list)
     # GELF over TCP (NUL-delimited frames; formats other than gelf and json do not apply).

@@ -36,16 +36,41 @@ _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS event_batch (
     n integer, project_id integer, event_id uuid, grouping_version smallint,
     fingerprint text, title text, culprit text, level text, ts timestamptz,
-    received_at timestamptz, environment text, release text, payload bytea
+    received_at timestamptz, environment text, release text, payload bytea,
+    tag_keys text[], tag_values text[], user_key text, user_id text, user_email text,
+    user_name text, user_ip text
 ) ON COMMIT DELETE ROWS
 """
 _COLUMNS = ("n", "project_id", "event_id", "grouping_version", "fingerprint", "title",
             "culprit", "level", "ts", "received_at", "environment", "release", "payload")
+_FACET_COLUMNS = ("tag_keys", "tag_values", "user_key", "user_id", "user_email",
+                  "user_name", "user_ip")
+
+# A resolved issue reopens on an event, unless it was resolved "in the next release":
+# then only an event of a release first seen after that one reopens it (a release new
+# to the database counts as newer). The batch's releases per issue come from `agg`.
+_REGRESSES = """(i.resolved_in_release IS NULL OR EXISTS (
+        SELECT 1 FROM agg a, unnest(a.releases) AS v(version)
+         WHERE a.project_id = i.project_id AND a.grouping_version = i.grouping_version
+           AND a.fingerprint = i.fingerprint AND v.version <> i.resolved_in_release
+           AND coalesce((SELECT r.first_seen FROM releases r
+                          WHERE r.project_id = i.project_id AND r.version = v.version),
+                        'infinity')
+             > coalesce((SELECT r.first_seen FROM releases r
+                          WHERE r.project_id = i.project_id
+                            AND r.version = i.resolved_in_release), '-infinity')))"""
+# An ignored issue comes back once its date has passed or its event count is reached.
+_UNIGNORED = """((i.ignore_until IS NOT NULL AND i.ignore_until <= now())
+        OR (i.ignore_until_count IS NOT NULL
+            AND i.event_count + excluded.event_count >= i.ignore_until_count))"""
+_REOPEN = f"i.status = 'resolved' AND {_REGRESSES}"
+_UNIGNORE = f"i.status = 'ignored' AND {_UNIGNORED}"
 
 # Within one statement every CTE sees the tables as they were before it, so each step
 # passes on what it did through RETURNING. Issues are upserted in a fixed order, so two
-# nodes' batches lock shared issue rows in the same order and cannot deadlock on them.
-_WRITE = """
+# nodes' batches lock shared issue rows in the same order and cannot deadlock on them;
+# the per-issue rows that follow are written in key order for the same reason.
+_ISSUES = f"""
 WITH fresh AS (
     INSERT INTO event_ids (project_id, event_id, received_at)
     SELECT DISTINCT ON (project_id, event_id) project_id, event_id, received_at
@@ -64,14 +89,18 @@ WITH fresh AS (
            (array_agg(level ORDER BY n DESC))[1] AS level,
            (array_agg(event_id ORDER BY n DESC))[1] AS last_event_id,
            (array_agg(environment ORDER BY n DESC))[1] AS environment,
-           (array_agg(release ORDER BY n DESC))[1] AS release
+           (array_agg(release ORDER BY n DESC))[1] AS release,
+           (array_agg(release ORDER BY n) FILTER (WHERE release IS NOT NULL))[1]
+               AS first_release,
+           coalesce(array_agg(DISTINCT release) FILTER (WHERE release IS NOT NULL), '{{}}')
+               AS releases
       FROM b GROUP BY project_id, grouping_version, fingerprint
 ), up AS (
     INSERT INTO issues AS i (project_id, grouping_version, fingerprint, title, culprit, level,
                              first_seen, last_seen, event_count, last_event_id, environment,
-                             release)
+                             release, first_release)
     SELECT project_id, grouping_version, fingerprint, title, culprit, level, first_seen,
-           last_seen, events, last_event_id, environment, release
+           last_seen, events, last_event_id, environment, release, first_release
       FROM agg ORDER BY project_id, grouping_version, fingerprint
     ON CONFLICT (project_id, grouping_version, fingerprint) DO UPDATE SET
         event_count = i.event_count + excluded.event_count,
@@ -80,9 +109,14 @@ WITH fresh AS (
         title = excluded.title, culprit = excluded.culprit, level = excluded.level,
         last_event_id = excluded.last_event_id, environment = excluded.environment,
         release = excluded.release,
-        status = CASE WHEN i.status = 'resolved' THEN 'unresolved' ELSE i.status END,
-        resolved_at = CASE WHEN i.status = 'resolved' THEN NULL ELSE i.resolved_at END,
-        regressed_at = CASE WHEN i.status = 'resolved' THEN now() ELSE i.regressed_at END
+        first_release = coalesce(i.first_release, excluded.first_release),
+        status = CASE WHEN {_REOPEN} THEN 'unresolved'
+                      WHEN {_UNIGNORE} THEN 'unresolved' ELSE i.status END,
+        resolved_at = CASE WHEN {_REOPEN} THEN NULL ELSE i.resolved_at END,
+        resolved_in_release = CASE WHEN {_REOPEN} THEN NULL ELSE i.resolved_in_release END,
+        regressed_at = CASE WHEN {_REOPEN} THEN now() ELSE i.regressed_at END,
+        ignore_until = CASE WHEN {_UNIGNORE} THEN NULL ELSE i.ignore_until END,
+        ignore_until_count = CASE WHEN {_UNIGNORE} THEN NULL ELSE i.ignore_until_count END
     RETURNING i.id, i.project_id, i.grouping_version, i.fingerprint, i.title, i.level,
               i.event_count, i.regressed_at, (xmax = 0) AS created,
               (i.regressed_at IS NOT NULL AND i.regressed_at = now()) AS regressed
@@ -98,14 +132,61 @@ WITH fresh AS (
       FROM b JOIN up USING (project_id, grouping_version, fingerprint)
      GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (issue_id, minute) DO UPDATE SET events = m.events + excluded.events
+), project_releases AS (
+    INSERT INTO releases AS r (project_id, version, first_seen, last_seen)
+    SELECT project_id, release, min(received_at), max(received_at)
+      FROM b WHERE release IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (project_id, version) DO UPDATE SET
+        first_seen = least(r.first_seen, excluded.first_seen),
+        last_seen = greatest(r.last_seen, excluded.last_seen)
 ), triggers AS (
     INSERT INTO alert_triggers (project_id, issue_id, kind, dedup)
     SELECT project_id, id, CASE WHEN created THEN 'new' ELSE 'regressed' END,
            CASE WHEN created THEN '' ELSE regressed_at::text END
       FROM up WHERE created OR regressed
     ON CONFLICT DO NOTHING
+)"""
+
+_FACETS = """, hours AS (
+    INSERT INTO issue_hours AS h (issue_id, hour, events)
+    SELECT up.id, date_trunc('hour', b.received_at, 'UTC'), count(*)
+      FROM b JOIN up USING (project_id, grouping_version, fingerprint)
+     GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (issue_id, hour) DO UPDATE SET events = h.events + excluded.events
+), tags AS (
+    INSERT INTO issue_tags AS t (issue_id, key, value, events, first_seen, last_seen)
+    SELECT up.id, tag.key, tag.value, count(*), min(b.received_at), max(b.received_at)
+      FROM b JOIN up USING (project_id, grouping_version, fingerprint)
+     CROSS JOIN LATERAL unnest(b.tag_keys, b.tag_values) AS tag(key, value)
+     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (issue_id, key, value) DO UPDATE SET events = t.events + excluded.events,
+        first_seen = least(t.first_seen, excluded.first_seen),
+        last_seen = greatest(t.last_seen, excluded.last_seen)
+), users AS (
+    INSERT INTO issue_users (issue_id, user_key, user_id, email, username, ip_address,
+                             first_seen)
+    SELECT DISTINCT ON (up.id, b.user_key) up.id, b.user_key, b.user_id, b.user_email,
+           b.user_name, b.user_ip, b.received_at
+      FROM b JOIN up USING (project_id, grouping_version, fingerprint)
+     WHERE b.user_key IS NOT NULL
+     ORDER BY up.id, b.user_key, b.n
+    ON CONFLICT DO NOTHING
+    RETURNING issue_id
+), user_counts AS (
+    SELECT issue_id, count(*) AS n FROM users GROUP BY 1
 )
-SELECT up.*, (SELECT count(*) FROM b) AS new_events FROM up
+SELECT up.*, (SELECT count(*) FROM b) AS new_events, coalesce(uc.n, 0) AS new_users
+  FROM up LEFT JOIN user_counts uc ON uc.issue_id = up.id
+"""
+_PLAIN = """
+SELECT up.*, (SELECT count(*) FROM b) AS new_events, 0 AS new_users FROM up
+"""
+_WRITE = {True: _ISSUES + _FACETS, False: _ISSUES + _PLAIN}
+# Users are counted in a second statement: a statement cannot update the issue row its
+# own upsert wrote. The upsert holds those rows' locks until the commit.
+_ADD_USERS = """
+UPDATE issues SET user_count = user_count + x.n
+  FROM unnest($1::bigint[], $2::bigint[]) AS x(id, n) WHERE issues.id = x.id
 """
 
 
@@ -130,27 +211,37 @@ def _time(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def _rows(records: Sequence[EventRecord]) -> list[tuple[object, ...]]:
+def _rows(records: Sequence[EventRecord], with_facets: bool) -> list[tuple[object, ...]]:
     """COPY rows, with each event's JSON compressed (run in a thread)."""
-    return [(n, r.project_id, uuid.UUID(hex=r.event_id), r.grouping_version, r.fingerprint,
-             r.title, r.culprit, r.level, _time(r.timestamp), _time(r.received_at),
-             r.environment, r.release, compress(r.payload)) for n, r in enumerate(records)]
+    rows = []
+    for n, r in enumerate(records):
+        row: tuple[object, ...] = (
+            n, r.project_id, uuid.UUID(hex=r.event_id), r.grouping_version, r.fingerprint,
+            r.title, r.culprit, r.level, _time(r.timestamp), _time(r.received_at),
+            r.environment, r.release, compress(r.payload))
+        if with_facets:
+            user = r.user or (None, None, None, None, None)
+            row += ([key for key, _ in r.tags], [value for _, value in r.tags], *user)
+        rows.append(row)
+    return rows
 
 
 async def write_batch(pool: asyncpg.Pool, partitions: Partitions,
-                      records: Sequence[EventRecord]) -> tuple[int, list[IssueChange]]:
-    """Store the events (payloads as plain JSON); (events new to the database, issues
-    touched)."""
+                      records: Sequence[EventRecord], *, with_facets: bool = True
+                      ) -> tuple[int, list[IssueChange]]:
+    """Store the events (payloads as plain JSON) and, `with_facets`, their issues' users,
+    tag counts and hourly counts; (events new to the database, issues touched)."""
     if not records:
         return 0, []
-    rows = await asyncio.to_thread(_rows, records)
+    rows = await asyncio.to_thread(_rows, records, with_facets)
+    columns = _COLUMNS + _FACET_COLUMNS if with_facets else _COLUMNS
     async with pool.acquire() as conn:
         await partitions.ensure(conn, {day_of(r.received_at) for r in records})
         async with conn.transaction():
             await conn.execute(_STAGING)
-            await conn.copy_records_to_table("event_batch", records=rows, columns=_COLUMNS)
+            await conn.copy_records_to_table("event_batch", records=rows, columns=columns)
             try:
-                issues = await conn.fetch(_WRITE)
+                issues = await conn.fetch(_WRITE[with_facets])
             except asyncpg.CheckViolationError as err:
                 if "no partition" not in str(err):
                     raise
@@ -158,6 +249,9 @@ async def write_batch(pool: asyncpg.Pool, partitions: Partitions,
                 # data's fault. Forget, and let the consumer retry the batch.
                 partitions.forget_all()
                 raise MissingPartition(str(err)) from None
+            users = [(r["id"], r["new_users"]) for r in issues if r["new_users"]]
+            if users:
+                await conn.execute(_ADD_USERS, [i for i, _ in users], [n for _, n in users])
     new = issues[0]["new_events"] if issues else 0
     return new, [IssueChange(r["id"], r["project_id"], r["title"], r["level"],
                              r["event_count"], r["created"], r["regressed"]) for r in issues]
@@ -172,7 +266,9 @@ def _check(record: EventRecord) -> None:
     except (ValueError, OverflowError, OSError) as err:
         raise RecordError(f"event {record.event_id!r}: {err}") from None
     texts = (record.fingerprint, record.title, record.culprit, record.level,
-             record.environment or "", record.release or "")
+             record.environment or "", record.release or "",
+             *(text for pair in record.tags for text in pair),
+             *(text or "" for text in record.user or ()))
     if any("\x00" in text for text in texts):
         raise RecordError(f"event {record.event_id}: NUL character in a text field")
 
@@ -181,7 +277,7 @@ OnStored = Callable[[list[IssueChange]], Awaitable[None]]
 
 
 def event_store(pool: Callable[[], asyncpg.Pool], partitions: Partitions,
-                on_stored: OnStored | None = None
+                on_stored: OnStored | None = None, *, with_facets: bool = True
                 ) -> Callable[[list[Record]], Awaitable[None]]:
     """The events journal consumer's store function."""
     async def store(records: list[Record]) -> None:
@@ -194,9 +290,11 @@ def event_store(pool: Callable[[], asyncpg.Pool], partitions: Partitions,
                 raise PoisonRecord(record.position, str(err)) from None
             events.append(event)
         try:
-            _, changes = await write_batch(pool(), partitions, events)
+            _, changes = await write_batch(pool(), partitions, events,
+                                           with_facets=with_facets)
         except _DATA_ERRORS as err:
-            await _find_poison(pool(), partitions, events, records, err)
+            await _find_poison(pool(), partitions, events, records, err,
+                               with_facets=with_facets)
             raise
         if on_stored is not None and changes:
             try:
@@ -209,12 +307,12 @@ def event_store(pool: Callable[[], asyncpg.Pool], partitions: Partitions,
 
 async def _find_poison(pool: asyncpg.Pool, partitions: Partitions,
                        events: Sequence[EventRecord], records: Sequence[Record],
-                       batch_error: Exception) -> None:
+                       batch_error: Exception, *, with_facets: bool) -> None:
     log.warning("event batch refused; retrying it event by event", extra=fields(
         events=len(events), error=f"{type(batch_error).__name__}: {batch_error}"))
     for event, record in zip(events, records, strict=True):
         try:
-            await write_batch(pool, partitions, [event])
+            await write_batch(pool, partitions, [event], with_facets=with_facets)
         except _DATA_ERRORS as err:
             raise PoisonRecord(record.position, f"event {event.event_id}: Postgres refused "
                                                 f"it: {type(err).__name__}: {err}") from None
