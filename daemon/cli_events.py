@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from daemon.cli_common import load_settings, positive_int, with_database
 from daemon.cli_output import print_json, print_table
-from daemon.events import queries
+from daemon.events import issue_list, issue_status, queries
 from daemon.events.dsn import dsn
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 T = TypeVar("T")
-_SORTS = tuple(queries.SORTS)
+_SORTS = tuple(issue_list.SORTS)
 
 
 def add_events_verbs(verbs: argparse._SubParsersAction,
@@ -33,28 +33,31 @@ def add_events_verbs(verbs: argparse._SubParsersAction,
     issues = verbs.add_parser("issues", help="error-tracker issues",
                               description="Issues: events grouped by fingerprint.")
     issue_verbs = issues.add_subparsers(dest="issues_verb", metavar="VERB", required=True)
-    issue_list = issue_verbs.add_parser(
+    list_verb = issue_verbs.add_parser(
         "list", parents=[common], help="list issues, most recently seen first",
         description="List issues: ID, level, status, event count, last seen, project and "
                     "title. By default only unresolved ones, most recently seen first.")
-    issue_list.add_argument("--project", metavar="P", help="only this project (name or id)")
-    issue_list.add_argument("--status", default="unresolved",
-                            choices=[*queries.STATUSES, "all"],
-                            help="only issues in this status (default: unresolved)")
-    issue_list.add_argument("--level", choices=queries.LEVELS, help="only this level")
-    issue_list.add_argument("--environment", metavar="E",
-                            help="only issues whose last event came from this environment")
-    issue_list.add_argument("--query", metavar="TEXT",
-                            help="only issues whose title or culprit contains TEXT "
-                                 "(ignoring case)")
-    issue_list.add_argument("--sort", default="last_seen", choices=_SORTS,
-                            help="newest last_seen, newest first_seen, or most events "
-                                 "first (default: last_seen)")
-    issue_list.add_argument("--limit", type=positive_int, default=100, metavar="N",
-                            help=f"show at most N issues (default: 100, at most "
-                                 f"{queries.MAX_LIMIT})")
-    issue_list.add_argument("--json", action="store_true", help="print JSON")
-    issue_list.set_defaults(func=cmd_issues_list)
+    list_verb.add_argument("--project", metavar="P", help="only this project (name or id)")
+    list_verb.add_argument("--status", default="unresolved",
+                           choices=[*queries.STATUSES, "all"],
+                           help="only issues in this status (default: unresolved)")
+    list_verb.add_argument("--level", choices=queries.LEVELS, help="only this level")
+    list_verb.add_argument("--environment", metavar="E",
+                           help="only issues with events from this environment")
+    list_verb.add_argument("--query", metavar="TEXT",
+                           help="only issues whose title or culprit contains TEXT "
+                                "(ignoring case)")
+    list_verb.add_argument("--search", metavar="Q",
+                           help="the web page's search: words, key:value tags, "
+                                "user.email:…, release:…, is:regressed, !key:value")
+    list_verb.add_argument("--sort", default="last_seen", choices=_SORTS,
+                           help="newest last_seen, newest first_seen, most events or most "
+                                "users first (default: last_seen)")
+    list_verb.add_argument("--limit", type=positive_int, default=100, metavar="N",
+                           help=f"show at most N issues (default: 100, at most "
+                                f"{queries.MAX_LIMIT})")
+    list_verb.add_argument("--json", action="store_true", help="print JSON")
+    list_verb.set_defaults(func=cmd_issues_list)
 
     show = issue_verbs.add_parser(
         "show", parents=[common], help="show one issue and its latest stack trace",
@@ -128,10 +131,10 @@ def _status(issue: dict[str, Any]) -> str:
 
 def cmd_issues_list(args: argparse.Namespace) -> int:
     try:
-        rows = with_database(args, lambda pool: queries.list_issues(
+        rows = with_database(args, lambda pool: issue_list.list_issues(
             pool, project=args.project, status=None if args.status == "all" else args.status,
-            level=args.level, environment=args.environment, text=args.query, sort=args.sort,
-            limit=args.limit))
+            level=args.level, environment=args.environment, text=args.query,
+            query=args.search, sort=args.sort, limit=args.limit))
     except queries.UnknownProject as err:
         return _fail(str(err), EXIT_FAILURE)
     except queries.QueryError as err:
@@ -212,7 +215,8 @@ def format_trace(exceptions: list[dict[str, Any]]) -> str:
 
 
 def cmd_issues_status(args: argparse.Namespace) -> int:
-    issue = with_database(args, lambda pool: queries.set_status(pool, args.id, args.status))
+    issue = with_database(args, lambda pool: issue_status.set_status(pool, args.id,
+                                                                     args.status))
     if issue is None:
         return _fail(f"no issue with id {args.id}", EXIT_FAILURE)
     if args.json:

@@ -149,7 +149,7 @@ async def test_issue_list_with_filters(db: Database, api: aiohttp.ClientSession)
 @pytest.mark.parametrize(("query", "detail"), [
     ("status=open", "status: must be one of unresolved, resolved, ignored"),
     ("level=x", "level: must be one of debug, info, warning, error, fatal"),
-    ("sort=title", "sort: must be one of last_seen, first_seen, count"),
+    ("sort=title", "sort: must be one of last_seen, first_seen, count, users"),
     ("limit=0", "limit: must be between 1 and 1000"),
     ("limit=x", "limit: not an integer: 'x'"),
     ("limit=1.5", "limit: not an integer: '1.5'"),

@@ -18,15 +18,15 @@ import orjson
 import pytest
 
 from daemon.db import Database
+from daemon.events.issue_list import list_issues
+from daemon.events.issue_status import set_status
 from daemon.events.partitions import Partitions
 from daemon.events.queries import (
     QueryError,
     UnknownProject,
     get_issue,
-    list_issues,
     list_projects,
     project_stats,
-    set_status,
     stacktrace,
 )
 from daemon.events.record import EventRecord
@@ -168,7 +168,7 @@ async def test_sorts_limit_and_offset(db: Database) -> None:
 @pytest.mark.parametrize(("filters", "message"), [
     ({"status": "open"}, "status: must be one of unresolved, resolved, ignored"),
     ({"level": "critical"}, "level: must be one of debug, info, warning, error, fatal"),
-    ({"sort": "title"}, "sort: must be one of last_seen, first_seen, count"),
+    ({"sort": "title"}, "sort: must be one of last_seen, first_seen, count, users"),
     ({"limit": 0}, "limit: must be between 1 and 1000"),
     ({"limit": 1001}, "limit: must be between 1 and 1000"),
     ({"offset": -1}, "offset: must be 0 or more"),

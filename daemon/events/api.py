@@ -7,10 +7,13 @@ the API answers 403 to everything, so it is never open by accident. Errors are J
 caller may retry) rather than a 500.
 
 Routes (all JSON):
-  GET  /api/v1/issues                   {"issues": [...]}; filters: project, status (or
-                                        "all"), level, environment, q, sort, limit, offset
+  GET  /api/v1/issues                   {"issues": [...], "next": cursor or null};
+                                        filters: project, status (or "all"), level,
+                                        environment, release, q (the search language of
+                                        the web page), sort, limit, offset, after
   GET  /api/v1/issues/{id}              the issue, its latest events (?events=N) and trace
-  POST /api/v1/issues/{id}/resolve      the updated issue (also /ignore and /reopen)
+  POST /api/v1/issues/{id}/resolve      the updated issue (also /ignore and /reopen);
+                                        ?in=next_release, ignore ?until=ISO&events=N
   GET  /api/v1/projects                 {"projects": [...]}
   GET  /api/v1/projects/{project}/stats totals and events per hour (name or id)
 """
@@ -20,13 +23,14 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
-from daemon.db.pool import DatabaseError
-from daemon.events import queries
+from daemon.db.pool import UNAVAILABLE
+from daemon.events import issue_list, issue_status, queries
 from daemon.events.http_common import HttpError, error_response, json_response
 from daemon.logs import fields, get_logger
 from daemon.typedtoml import Secret
@@ -34,17 +38,6 @@ from daemon.typedtoml import Secret
 log = get_logger("events.api")
 
 PREFIX = "/api/v1"
-# The pool is closed or being replaced, Postgres restarts, refuses connections, cancels
-# the statement (statement_timeout) or the network drops: worth retrying later.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.InsufficientResourcesError,
-    DatabaseError,
-    OSError,
-    TimeoutError,
-)
 _INTEGER = re.compile(r"-?[0-9]{1,20}")
 _STATUS_ACTIONS = {"resolve": "resolved", "ignore": "ignored", "reopen": "unresolved"}
 
@@ -58,6 +51,15 @@ def _int(request: web.Request, name: str, default: int) -> int:
     if not _INTEGER.fullmatch(text):
         raise HttpError(400, f"{name}: not an integer: {text!r}")
     return int(text)
+
+
+def _time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise HttpError(400, f"until: not an ISO 8601 time: {text!r}") from None
 
 
 def _issue_id(request: web.Request) -> int:
@@ -105,7 +107,7 @@ class OperatorApi:
                 return error_response(err)
             except queries.QueryError as err:
                 return json_response({"detail": str(err)}, status=400)
-            except _UNAVAILABLE as err:
+            except UNAVAILABLE as err:
                 log.warning("operator API call failed: database unavailable", extra=fields(
                     path=request.path, error=f"{type(err).__name__}: {err}"))
                 return json_response({"detail": "database unavailable"}, status=503)
@@ -119,13 +121,17 @@ class OperatorApi:
     async def _list_issues(self, request: web.Request) -> dict[str, Any]:
         q = request.query
         status = q.get("status") or None
-        issues = await queries.list_issues(
+        sort = q.get("sort") or "last_seen"
+        limit = _int(request, "limit", 100)
+        issues = await issue_list.list_issues(
             self._pool(), project=q.get("project") or None,
             status=None if status == "all" else status, level=q.get("level") or None,
-            environment=q.get("environment") or None, text=q.get("q") or None,
-            sort=q.get("sort") or "last_seen", limit=_int(request, "limit", 100),
-            offset=_int(request, "offset", 0))
-        return {"issues": issues}
+            environment=q.get("environment") or None, release=q.get("release") or None,
+            query=q.get("q") or None, sort=sort, limit=limit,
+            offset=_int(request, "offset", 0), after=q.get("after") or None)
+        more = len(issues) == limit
+        return {"issues": issues,
+                "next": issue_list.encode_cursor(issues[-1], sort) if more else None}
 
     async def _get_issue(self, request: web.Request) -> dict[str, Any]:
         issue_id = _issue_id(request)
@@ -138,7 +144,15 @@ class OperatorApi:
     def _status_setter(self, status: str) -> Work:
         async def set_status(request: web.Request) -> dict[str, Any]:
             issue_id = _issue_id(request)
-            issue = await queries.set_status(self._pool(), issue_id, status)
+            q = request.query
+            in_release = q.get("in")
+            if in_release not in (None, "", "next_release"):
+                raise HttpError(400, f"in: must be next_release, not {in_release!r}")
+            events = q.get("events")
+            issue = await issue_status.set_status(
+                self._pool(), issue_id, status, in_next_release=in_release == "next_release",
+                ignore_until=_time(q.get("until")),
+                ignore_events=_int(request, "events", 0) if events else None)
             if issue is None:
                 raise HttpError(404, f"no issue with id {issue_id}")
             return issue

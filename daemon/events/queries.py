@@ -23,9 +23,6 @@ Db = asyncpg.Pool | asyncpg.Connection
 
 STATUSES = ("unresolved", "resolved", "ignored")
 LEVELS = ("debug", "info", "warning", "error", "fatal")
-SORTS = {"last_seen": "i.last_seen DESC, i.id DESC",
-         "first_seen": "i.first_seen DESC, i.id DESC",
-         "count": "i.event_count DESC, i.last_seen DESC, i.id DESC"}
 MAX_LIMIT = 1000
 MAX_EVENTS = 1000
 _MAX_BIGINT = 2**63 - 1
@@ -40,10 +37,12 @@ class UnknownProject(QueryError):
     """The project named in a filter or path does not exist."""
 
 
-_ISSUE = """
+_ISSUE_COLUMNS = """
 SELECT i.id, p.name AS project, i.project_id, i.title, i.culprit, i.level, i.status,
-       i.event_count, i.first_seen, i.last_seen, i.resolved_at, i.regressed_at,
-       i.environment, i.release
+       i.event_count, i.user_count, i.first_seen, i.last_seen, i.resolved_at,
+       i.regressed_at, i.environment, i.release, i.first_release, i.resolved_in_release,
+       i.ignore_until, i.ignore_until_count, i.last_event_id"""
+_ISSUE = _ISSUE_COLUMNS + """
   FROM issues i JOIN projects p ON p.id = i.project_id
 """
 
@@ -56,11 +55,16 @@ def _issue(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": row["id"], "project": row["project"], "project_id": row["project_id"],
         "title": row["title"], "culprit": row["culprit"], "level": row["level"],
-        "status": row["status"], "count": row["event_count"],
+        "status": row["status"], "count": row["event_count"], "users": row["user_count"],
         "first_seen": _iso(row["first_seen"]), "last_seen": _iso(row["last_seen"]),
         "resolved_at": _iso(row["resolved_at"]), "regressed_at": _iso(row["regressed_at"]),
         "regressed": row["regressed_at"] is not None and row["status"] == "unresolved",
         "environment": row["environment"], "release": row["release"],
+        "first_release": row["first_release"],
+        "resolved_in_release": row["resolved_in_release"],
+        "ignore_until": _iso(row["ignore_until"]),
+        "ignore_until_count": row["ignore_until_count"],
+        "last_event_id": row["last_event_id"].hex if row["last_event_id"] else None,
     }
 
 
@@ -93,46 +97,6 @@ async def project_id(db: Db, project: str | int) -> int:
     if found is None:
         raise UnknownProject(f"project: no project named {project!r}")
     return int(found)
-
-
-async def list_issues(pool: Db, *, project: str | None = None, status: str | None = None,
-                      level: str | None = None, environment: str | None = None,
-                      text: str | None = None, sort: str = "last_seen", limit: int = 100,
-                      offset: int = 0) -> list[dict[str, Any]]:
-    """Issues matching every filter given (None: no filter), most recent (or oldest-born
-    last, or most frequent) first."""
-    if status is not None:
-        _one_of("status", status, STATUSES)
-    if level is not None:
-        _one_of("level", level, LEVELS)
-    if sort not in SORTS:
-        raise QueryError(f"sort: must be one of {', '.join(SORTS)}")
-    if not 1 <= limit <= MAX_LIMIT:
-        raise QueryError(f"limit: must be between 1 and {MAX_LIMIT}")
-    if not 0 <= offset <= _MAX_BIGINT:
-        raise QueryError("offset: must be 0 or more" if offset < 0 else "offset: too large")
-    where: list[str] = []
-    params: list[Any] = []
-
-    def param(value: Any) -> str:
-        params.append(value)
-        return f"${len(params)}"
-
-    if project is not None:
-        where.append(f"i.project_id = {param(await project_id(pool, project))}")
-    if status is not None:
-        where.append(f"i.status = {param(status)}")
-    if level is not None:
-        where.append(f"i.level = {param(level)}")
-    if environment is not None:
-        where.append(f"i.environment = {param(environment)}")
-    if text:
-        pattern = param(_like_pattern(text))
-        where.append(f"(i.title ILIKE {pattern} ESCAPE '\\' "
-                     f"OR i.culprit ILIKE {pattern} ESCAPE '\\')")
-    sql = _ISSUE + (f" WHERE {' AND '.join(where)}" if where else "")
-    sql += f" ORDER BY {SORTS[sort]} LIMIT {param(limit)} OFFSET {param(offset)}"
-    return [_issue(row) for row in await pool.fetch(sql, *params)]
 
 
 def _text(value: Any) -> str | None:
@@ -207,36 +171,6 @@ async def get_issue(pool: Db, issue_id: int, *, events: int = 10) -> dict[str, A
     issue["stacktrace"] = stacktrace(stored[0]["data"]) if stored else []
     issue["events"] = stored[:events]
     return issue
-
-
-_SET_STATUS = """
-WITH changed AS (
-    UPDATE issues SET
-        status = $2::text,
-        -- Resolving twice keeps the first time; reopening forgets it.
-        resolved_at = CASE WHEN $2 = 'resolved' THEN coalesce(resolved_at, now())
-                           WHEN $2 = 'unresolved' THEN NULL ELSE resolved_at END,
-        -- A resolved issue is no regression any more; the next event makes it one again.
-        regressed_at = CASE WHEN $2 = 'resolved' THEN NULL ELSE regressed_at END
-     WHERE id = $1
-    RETURNING *
-)
-SELECT i.id, p.name AS project, i.project_id, i.title, i.culprit, i.level, i.status,
-       i.event_count, i.first_seen, i.last_seen, i.resolved_at, i.regressed_at,
-       i.environment, i.release
-  FROM changed i JOIN projects p ON p.id = i.project_id
-"""
-
-
-async def set_status(pool: Db, issue_id: int, status: str) -> dict[str, Any] | None:
-    """Resolve, ignore or reopen ('unresolved') an issue; the updated issue, or None when
-    there is no such issue. A resolved issue that gets another event is reopened by the
-    batch writer and marked regressed."""
-    _one_of("status", status, STATUSES)
-    if not 1 <= issue_id <= _MAX_BIGINT:
-        return None
-    row = await pool.fetchrow(_SET_STATUS, issue_id, status)
-    return None if row is None else _issue(row)
 
 
 _HOURLY = """
