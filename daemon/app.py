@@ -21,6 +21,7 @@ from daemon.config import ConfigError, Settings, load
 from daemon.consumer import JournalConsumer
 from daemon.db import nodes
 from daemon.db.pool import Database
+from daemon.events import facets
 from daemon.events.api import OperatorApi
 from daemon.events.http_gelf import GelfHttpEndpoint
 from daemon.events.http_native import NativeEndpoint
@@ -38,7 +39,8 @@ from daemon.mail.flusher import mail_store
 from daemon.mail.notify import Notifier
 from daemon.mail.server import SmtpServer
 from daemon.metrics import new_registry
-from daemon.web import HttpServer
+from daemon.web.server import HttpServer
+from daemon.web.ui import WebUi
 
 log = get_logger("app")
 
@@ -140,6 +142,7 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._started: list[Component] = []
+        self._warm_up: asyncio.Future[None] | None = None
         self.last_chance = LAST_CHANCE
         self._stop_requested = asyncio.Event()
         self._reload_hooks: list[Callable[[Settings], Awaitable[None]]] = []
@@ -155,7 +158,8 @@ class App:
         events_journal = self.journals.get("events")
         self.projects = ProjectRegistry(list(settings.projects), lambda: self.database.db.pool)
         self.ingestor = Ingestor(events_journal, self.registry,
-                                 max_event_size=settings.ingest.max_event_size)
+                                 max_event_size=settings.ingest.max_event_size,
+                                 with_facets=settings.ingest.facets)
         self.alerts = AlertService(settings, pool=lambda: self.database.db.pool,
                                    owner=lambda: self.database.node_id, projects=self.projects,
                                    mail=lambda: self.smtp.context, registry=self.registry)
@@ -172,7 +176,8 @@ class App:
         partitions = Partitions()
         self.events_flusher = JournalConsumer(
             events_journal, event_store(lambda: self.database.db.pool, partitions,
-                                        on_stored=self.alerts.on_stored),
+                                        on_stored=self.alerts.on_stored,
+                                        with_facets=settings.ingest.facets),
             name="events", registry=self.registry, max_records=2000)
         self.retention = Retention(lambda: self.database.db.pool, partitions, settings.ingest)
         SentryEndpoints(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
@@ -180,6 +185,8 @@ class App:
         GelfHttpEndpoint(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
         OperatorApi(lambda: self.database.db.pool,
                     settings.ingest.api_token).mount(self.http.app)
+        self.web = WebUi(settings, lambda: self.database.db.pool)
+        self.web.mount(self.http.app)
         self.udp = UdpIngest(list(settings.ingest.udp), self.ingestor, self.projects,
                              self.registry, tcp=list(settings.ingest.tcp))
         self.http.add_readiness_check("database", self.database.readiness)
@@ -187,10 +194,11 @@ class App:
         self.on_reload(self.smtp.reload)
         self.on_reload(self.projects.reload)
         self.on_reload(self.alerts.reload)
+        self.on_reload(self.web.reload)
         # Order matters: storage first, listeners last, so nothing is accepted that
         # cannot be made durable; stop() walks it backwards.
         self.components: list[Component] = [self.database, self.journals, self.projects,
-                                             self.relay_reports, self.mail_flusher,
+                                             self.web, self.relay_reports, self.mail_flusher,
                                              self.events_flusher, self.retention, self.smtp,
                                              self.alerts, self.delivery, self.udp, self.http]
 
@@ -202,6 +210,10 @@ class App:
         self._reload_hooks.append(hook)
 
     async def start(self) -> None:
+        if self.settings.ingest.facets:
+            # ua-parser's rules take a moment to load: in a thread, before a browser
+            # event needs them on the loop.
+            self._warm_up = asyncio.get_running_loop().run_in_executor(None, facets.warm_up)
         for component in self.components:
             log.info("starting", extra=fields(component=component.name))
             await component.start()
@@ -212,6 +224,9 @@ class App:
         abandoned, but every later one still gets a short, bounded chance to stop, so the
         embedded Postgres is never left running."""
         loop = asyncio.get_running_loop()
+        if self._warm_up is not None:
+            await asyncio.gather(self._warm_up, return_exceptions=True)
+            self._warm_up = None
         deadline = None if budget is None else loop.time() + budget
         while self._started:
             component = self._started.pop()

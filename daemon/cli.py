@@ -23,6 +23,7 @@ from daemon.cli_queue import (
     QUEUE_STATUSES,  # noqa: F401 - moved with the queue noun; still importable here
     add_queue_verbs,
 )
+from daemon.cli_web import add_web_verbs
 from daemon.config import ConfigError, summary
 from daemon.db.pool import DatabaseError
 
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_events_verbs(verbs, common)
     add_alert_verbs(verbs, common)
     add_dns_verbs(verbs, common)
+    add_web_verbs(verbs, common)
     return parser
 
 

@@ -58,7 +58,9 @@ def add_mail_verbs(verbs: argparse._SubParsersAction, common: argparse.ArgumentP
     record.set_defaults(func=cmd_dkim_record)
 
 
-def _read_password() -> str:
+def read_password() -> str:
+    """A password from a prompt (asked twice), or one line of stdin when it is not a
+    terminal."""
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\r\n")
     first = getpass.getpass("Password: ")
@@ -68,7 +70,7 @@ def _read_password() -> str:
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
-    password = _read_password()
+    password = read_password()
     if not password:
         sys.stderr.write("egen: empty password\n")
         return EXIT_FAILURE

@@ -22,6 +22,7 @@ from daemon.mail.routing import RouteSettings, check_routes
 from daemon.mail.settings import DeliverySettings, DkimSettings, SmtpSettings
 from daemon.typedtoml import DURATION, SIZE, Invalid, Issue, Loader, Secret
 from daemon.units import HostPort, format_duration, format_size
+from daemon.web.settings import WebSettings
 
 DEFAULT_PATH = Path("/etc/egen/egen.toml")
 
@@ -93,6 +94,7 @@ class Settings:
     # Error-tracking projects kept in the config (more can live in the database).
     projects: list[ProjectSettings] = field(default_factory=list)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     # Where the settings came from; not a TOML key.
     source: Path = field(default=Path("<defaults>"), compare=False)
 

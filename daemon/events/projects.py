@@ -195,3 +195,28 @@ class ProjectRegistry:
             if self._failing:
                 log.info("projects refreshed again")
                 self._failing = False
+
+
+async def add_key(pool: asyncpg.Pool, project_id: int, key: str | None = None) -> str:
+    """A new key for a project kept in the database (the config's projects get their keys
+    from egen.toml, which would take a key added here away again at the next start)."""
+    if key is not None:
+        try:
+            check_key(key, "key")
+        except Invalid as err:
+            raise ValueError(f"{err.key}: {err.message}") from None
+    key = key or secrets.token_hex(16)
+    async with pool.acquire() as conn, conn.transaction():
+        from_config = await conn.fetchval("SELECT from_config FROM projects WHERE id = $1",
+                                          project_id)
+        if from_config is None:
+            raise ValueError(f"no project with id {project_id}")
+        if from_config:
+            raise ValueError("this project is kept in egen.toml: add the key to its "
+                             "`keys` there and reload")
+        owner = await conn.fetchval(
+            "INSERT INTO project_keys (key, project_id) VALUES ($1, $2) "
+            "ON CONFLICT (key) DO NOTHING RETURNING project_id", key, project_id)
+        if owner is None:
+            raise ValueError("that key belongs to a project already")
+    return key
