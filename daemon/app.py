@@ -185,7 +185,9 @@ class App:
         GelfHttpEndpoint(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
         OperatorApi(lambda: self.database.db.pool,
                     settings.ingest.api_token).mount(self.http.app)
-        self.web = WebUi(settings, lambda: self.database.db.pool)
+        self.web = WebUi(settings, lambda: self.database.db.pool,
+                         listen=lambda: (self.http.addresses or settings.http.listen)[0],
+                         projects_changed=self.projects.refresh)
         self.web.mount(self.http.app)
         self.udp = UdpIngest(list(settings.ingest.udp), self.ingestor, self.projects,
                              self.registry, tcp=list(settings.ingest.tcp))

@@ -95,7 +95,7 @@ class IssuePages:
             "levels": queries.LEVELS, "problem": problem, "next_url": next_url,
             "first_url": list_url(params) if q.get("after") else None,
             "list_url": lambda **c: list_url(params, **c),
-            "here": list_url(params, after=q.get("after"))})
+            "here": list_url(params, after=q.get("after"))}, status=400 if problem else 200)
 
     async def bulk(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()

@@ -3,7 +3,7 @@ lines that point an SDK or a log shipper at it; admins create projects and keys 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -20,8 +20,12 @@ from daemon.web.errors import redirect
 
 class ProjectPages:
     def __init__(self, pool: Callable[[], asyncpg.Pool], ingest: Callable[[], IngestSettings],
-                 listen: Callable[[], HostPort]) -> None:
+                 listen: Callable[[], HostPort],
+                 projects_changed: Callable[[], Awaitable[None]]) -> None:
         self._pool = pool
+        # Ingest learns of a new project or key now, not at its next refresh, so the DSN
+        # the page shows works at once.
+        self._projects_changed = projects_changed
         self._ingest = ingest
         self._listen = listen
 
@@ -56,6 +60,7 @@ class ProjectPages:
             project = await add_project(self._pool(), name)
         except ValueError as err:
             return await self.project_list(request, problem=str(err), status=400)
+        await self._projects_changed()
         return redirect(request, f"/projects#project-{project.id}")
 
     async def create_key(self, request: web.Request) -> web.StreamResponse:
@@ -65,4 +70,5 @@ class ProjectPages:
             await add_key(self._pool(), project_id)
         except ValueError as err:
             return await self.project_list(request, problem=str(err), status=400)
+        await self._projects_changed()
         return redirect(request, f"/projects#project-{project_id}")

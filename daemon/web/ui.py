@@ -5,7 +5,7 @@ the database at start and on SIGHUP."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +15,7 @@ from aiohttp import web
 
 from daemon.db.pool import UNAVAILABLE
 from daemon.logs import fields, get_logger
+from daemon.units import HostPort
 from daemon.web import accounts, render
 from daemon.web.auth import Auth
 from daemon.web.pages_events import EventPages
@@ -33,14 +34,15 @@ STATIC = Path(str(files("daemon.web") / "static"))
 class WebUi:
     name = "web"
 
-    def __init__(self, settings: Settings, pool: Callable[[], asyncpg.Pool]) -> None:
+    def __init__(self, settings: Settings, pool: Callable[[], asyncpg.Pool], *,
+                 listen: Callable[[], HostPort],
+                 projects_changed: Callable[[], Awaitable[None]]) -> None:
         self.settings: WebSettings = settings.web
         self._all = settings
         self._pool = pool
         self.auth = Auth(settings.web, pool)
         self.pages = [IssuePages(pool), EventPages(pool),
-                      ProjectPages(pool, lambda: self._all.ingest,
-                                   lambda: self._all.http.listen[0])]
+                      ProjectPages(pool, lambda: self._all.ingest, listen, projects_changed)]
 
     def mount(self, app: web.Application) -> None:
         if not self.settings.enabled:
