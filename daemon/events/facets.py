@@ -85,8 +85,10 @@ def _header(headers: Any, wanted: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _agent(user_agent: str) -> tuple[str | None, str | None, str | None]:
-    """(browser, os, device) names a User-Agent header stands for; None where unknown."""
+def _agent(user_agent: str) -> tuple[tuple[str, str] | None, tuple[str, str] | None,
+                                     str | None]:
+    """((name, name and version) of the browser, the same of the OS, the device) a
+    User-Agent header stands for; None where unknown."""
     from ua_parser import parse  # noqa: PLC0415 - loading its rules takes a while
 
     result = parse(user_agent)
@@ -97,9 +99,10 @@ def _agent(user_agent: str) -> tuple[str | None, str | None, str | None]:
     browser = os_name = device = None
     if result.user_agent is not None and result.user_agent.family != "Other":
         ua = result.user_agent
-        browser = f"{ua.family} {version(ua.major, ua.minor)}".strip()
+        browser = (ua.family, f"{ua.family} {version(ua.major, ua.minor)}".strip())
     if result.os is not None and result.os.family != "Other":
-        os_name = f"{result.os.family} {version(result.os.major, result.os.minor)}".strip()
+        os_name = (result.os.family,
+                   f"{result.os.family} {version(result.os.major, result.os.minor)}".strip())
     if result.device is not None and result.device.family not in ("Other", ""):
         device = result.device.family
     return browser, os_name, device
@@ -131,11 +134,12 @@ def _contexts(data: dict[str, Any], tags: dict[str, str]) -> None:
     if agent is None or len(agent) > 1024:
         return
     browser, os_name, device_name = _agent(agent)
-    for key, value in (("browser", browser), ("os", os_name), ("device", device_name)):
-        if value and key not in tags:
-            tags[key] = truncate(value, MAX_VALUE)
-            if key != "device":
-                tags[f"{key}.name"] = truncate(value.rsplit(" ", 1)[0], MAX_VALUE)
+    for key, named in (("browser", browser), ("os", os_name)):
+        if named is not None and key not in tags:
+            tags[key] = truncate(named[1], MAX_VALUE)
+            tags[f"{key}.name"] = truncate(named[0], MAX_VALUE)
+    if device_name and "device" not in tags:
+        tags["device"] = truncate(device_name, MAX_VALUE)
 
 
 def _mechanism(event: Event, data: dict[str, Any], tags: dict[str, str]) -> None:
@@ -143,10 +147,14 @@ def _mechanism(event: Event, data: dict[str, Any], tags: dict[str, str]) -> None
     if not event.exceptions:
         return
     exception = data.get("exception")
-    values = exception.get("values") if isinstance(exception, dict) else exception
-    if not isinstance(values, list) or not values or not isinstance(values[-1], dict):
+    values = exception.get("values", [exception]) if isinstance(exception, dict) \
+        else exception
+    # The top-level exception as the normalizer picks it: the last object in the list
+    # (a bare exception object counts as a list of one; nulls are skipped).
+    raised = [v for v in values if isinstance(v, dict)] if isinstance(values, list) else []
+    if not raised:
         return
-    mechanism = _object(values[-1].get("mechanism"))
+    mechanism = _object(raised[-1].get("mechanism"))
     handled = mechanism.get("handled")
     if isinstance(handled, bool):
         tags["handled"] = "yes" if handled else "no"

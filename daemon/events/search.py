@@ -104,6 +104,7 @@ def parse(text: str) -> Search:
                                   "(!key:value), not words")
             if value.strip():
                 words.append(value)
+            _check_terms(words, filters)
             continue
         end = i
         while end < len(text) and not text[end].isspace() and text[end] not in ':"':
@@ -111,17 +112,19 @@ def parse(text: str) -> Search:
         if end < len(text) and text[end] == ":" and end > i:
             key = text[i:end].lower()
             value, i = _token(text, end + 1) if end + 1 < len(text) else ("", end + 1)
-            item = Filter(key, value.strip() if key == "is" else value, negated)
+            item = Filter(key, value.strip().lower() if key == "is" else value, negated)
             _check_filter(item, start + 1)
-            if key == "is":
-                item = Filter(key, item.value.lower(), negated)
             filters.append(item)
         else:
             word, i = _token(text, start)
             words.append(word)
-        if len(words) + len(filters) > MAX_TERMS:
-            raise SearchError(f"q: more than {MAX_TERMS} terms")
+        _check_terms(words, filters)
     return Search(tuple(words), tuple(filters))
+
+
+def _check_terms(words: list[str], filters: list[Filter]) -> None:
+    if len(words) + len(filters) > MAX_TERMS:
+        raise SearchError(f"q: more than {MAX_TERMS} terms")
 
 
 def _quote(value: str) -> str:
@@ -133,6 +136,7 @@ def _quote(value: str) -> str:
 def unparse(search: Search) -> str:
     """Text that parses back to `search` (for links that add or remove a filter)."""
     parts = [f"{'!' if f.negated else ''}{f.key}:{_quote(f.value)}" for f in search.filters]
-    parts += [_quote(word) if word.startswith("!") or ":" in word or " " in word
-              or '"' in word else word for word in search.words]
+    parts += [_quote(word) if word.startswith("!") or any(c.isspace() or c in ':"'
+                                                          for c in word) else word
+              for word in search.words]
     return " ".join(parts)

@@ -225,10 +225,10 @@ def _time(value: Any) -> str | None:
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(
+                UTC).isoformat()
+        except (ValueError, OverflowError):    # year 1 or 9999 shifted out of range
             return None
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(
-            UTC).isoformat()
     return None
 
 

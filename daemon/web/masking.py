@@ -22,6 +22,7 @@ SENSITIVE = ("password", "passwd", "pwd", "secret", "token", "auth", "cookie", "
              "credential", "signature", "dsn", "jwt", "bearer")
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/@\s]*:)([^@\s/]+)(@)", re.IGNORECASE)
 _BEARER = re.compile(r"\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=\-]{8,}", re.IGNORECASE)
+_QUERY_PARAM = re.compile(r"([?&;])([^=&#;\s]+)=([^&#;\s]*)")
 MAX_DEPTH = 32
 
 
@@ -34,6 +35,9 @@ def mask_text(text: str) -> str:
     """`text` with URL passwords and bearer-style credentials replaced."""
     if "://" in text:
         text = _URL_PASSWORD.sub(lambda m: f"{m[1]}{MASK}{m[3]}", text)
+        if "?" in text:             # https://host/cb?api_key=…: the parameter's value
+            text = _QUERY_PARAM.sub(lambda m: f"{m[1]}{m[2]}={MASK}" if sensitive(m[2])
+                                    else m[0], text)
     if " " in text:
         text = _BEARER.sub(lambda m: f"{m[1]} {MASK}", text)
     return text
@@ -59,7 +63,10 @@ def mask(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict):
         masked: dict[Any, Any] = {}
         for key, item in value.items():
-            if isinstance(key, str) and sensitive(key) and item not in (None, "", [], {}):
+            if isinstance(key, str) and sensitive(key) and isinstance(item, dict):
+                # cookies: which ones were sent is useful, their values are not
+                masked[key] = {k: MASK for k in item}
+            elif isinstance(key, str) and sensitive(key) and item not in (None, "", []):
                 masked[key] = MASK
             elif key == "query_string" and isinstance(item, str):
                 masked[key] = mask_query(item)
