@@ -93,8 +93,10 @@ def _is(sql: _Sql, value: str) -> str:
 def _column_or_tag(sql: _Sql, column: str, key: str, value: str) -> str:
     v = sql.param(value)
     extra = f" OR i.first_release = {v}" if column == "release" else ""
-    return (f"(i.{column} = {v}{extra} OR i.id IN (SELECT issue_id FROM issue_tags "
-            f"WHERE key = {sql.param(key)} AND value = {v}))")
+    # Correlated, so each candidate issue costs one primary-key probe of issue_tags; an
+    # uncorrelated IN under OR would collect every issue with a common value first.
+    return (f"(i.{column} = {v}{extra} OR EXISTS (SELECT 1 FROM issue_tags t "
+            f"WHERE t.issue_id = i.id AND t.key = {sql.param(key)} AND t.value = {v}))")
 
 
 def _filter(sql: _Sql, item: searching.Filter) -> str:

@@ -208,6 +208,12 @@ async def project_stats(pool: Db, project: str | int) -> dict[str, Any]:
                                 for h in hours]}
 
 
+async def project_names(pool: Db) -> list[dict[str, Any]]:
+    """Each project's id and name (for choosers; list_projects also counts, which reads
+    every issue)."""
+    return [dict(r) for r in await pool.fetch("SELECT id, name FROM projects ORDER BY name")]
+
+
 async def list_projects(pool: Db) -> list[dict[str, Any]]:
     """Every project in the database (the config's ones once a daemon synced them), with
     its keys oldest first and its issue and event totals."""

@@ -64,7 +64,7 @@ class IssuePages:
             params["q"] = DEFAULT_QUERY
         sort = params.get("sort", "last_seen")
         pool = self._pool()
-        projects = await queries.list_projects(pool)
+        projects = await queries.project_names(pool)
         project = next((p for p in projects if params.get("project") in
                         (p["name"], str(p["id"]))), None)
         if params.get("project") and project is None:

@@ -21,6 +21,9 @@ ALTER TABLE issues
 
 CREATE INDEX issues_last_seen_id ON issues (last_seen DESC, id DESC);
 CREATE INDEX issues_first_seen_id ON issues (first_seen DESC, id DESC);
+-- The list's other orders, so the first page reads 26 index entries, not every issue.
+CREATE INDEX issues_count_order ON issues (event_count DESC, last_seen DESC, id DESC);
+CREATE INDEX issues_users_order ON issues (user_count DESC, last_seen DESC, id DESC);
 CREATE INDEX issues_ignore_until ON issues (ignore_until) WHERE ignore_until IS NOT NULL;
 
 -- One row per distinct user an issue affected. `user_key` is the first of id, username,
