@@ -24,7 +24,7 @@ import pytest
 from daemon.app import App
 from daemon.metrics import render
 from tests.eventfixtures import events_config, issue_rows, stored
-from tests.mailfixtures import started_app
+from tests.mailfixtures import mail_config, started_app
 
 UDP = """
 [[ingest.udp]]
@@ -319,3 +319,32 @@ async def test_one_source_cannot_hold_every_gelf_tcp_connection(tmp_path: Path,
         await stored(app)
         [row] = await issue_rows(app)
         assert row["title"] == "queue stalled"
+
+
+async def test_a_listener_without_min_level_follows_its_project(
+        tmp_path: Path, pg_url: str) -> None:
+    extra = """
+[[projects]]
+name = "chatty"
+id = 7
+keys = ["chattykey01"]
+min_level = "info"
+
+[[ingest.udp]]
+listen = "127.0.0.1:0"
+project = "chatty"
+"""
+    async with started_app(mail_config(tmp_path, pg_url, extra=extra)) as app:
+        assert app.settings.ingest.udp[0].min_level is None
+
+        def send() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for level in ("debug", "info"):
+                    sock.sendto(orjson.dumps({"message": f"cache warmed ({level})",
+                                              "level": level}),
+                                ("127.0.0.1", udp_port(app)))
+
+        await emit(app, 2, send)
+        assert [(r["project"], r["level"]) for r in await issue_rows(app)] == [
+            ("chatty", "info")]
+        assert metric(app, "egen_udp_datagrams_total", outcome="filtered") == 1

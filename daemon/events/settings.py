@@ -82,8 +82,9 @@ class DatagramListenerSettings:
     formats: list[Format] = field(default_factory=lambda: ["gelf", "json", "syslog"])
     # Senders allowed to post; datagrams from elsewhere are dropped and counted.
     allowed_sources: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
-    # Lines below this level are counted as filtered, not stored.
-    min_level: Level = "warning"
+    # Lines below this level are counted as filtered, not stored; unset: the project's
+    # own min_level, so one setting governs every shipper of a project.
+    min_level: Level | None = None
 
     @property
     def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -293,7 +293,7 @@ class UdpIngest:
                     continue
                 result, record = self.ingestor.prepare(
                     project, event, source="udp", received=received,
-                    min_level=listener.settings.min_level)
+                    min_level=listener.settings.min_level or project.min_level)
             except Rejected as err:
                 self._inc("outcome", listener, "rejected")
                 self._inc("reason", listener, err.reason)
