@@ -80,10 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    settings = load_settings(args)
+    try:
+        settings = load_settings(args)
+    except ConfigError as err:
+        if not args.json:
+            raise
+        # A script asked for JSON: it gets JSON on stdout for a broken file too.
+        problems = [{"file": err.source, "key": issue.key, "message": issue.message}
+                    for issue in err.issues]
+        sys.stdout.write(orjson.dumps({"ok": False, "problems": problems},
+                                      option=orjson.OPT_INDENT_2).decode() + "\n")
+        return EXIT_CONFIG
     rows = summary(settings)
     if args.json:
-        sys.stdout.write(orjson.dumps(dict(rows), option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(orjson.dumps({"ok": True, **dict(rows)},
+                                      option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         width = max(len(key) for key, _ in rows)
         for key, value in rows:

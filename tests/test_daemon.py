@@ -151,6 +151,17 @@ def test_check_config_errors_are_one_line_exit_2(tmp_path: Path, body: str, key:
     assert "Traceback" not in result.stderr
 
 
+def test_check_config_json_reports_problems_as_json(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('databse = 1\n[http]\nlisten = ["0.0.0.0:99999"]\n')
+    result = run_cli("check-config", "--json", "--config", str(path))
+    assert result.returncode == 2 and result.stderr == ""
+    answer = orjson.loads(result.stdout)
+    assert answer["ok"] is False
+    assert {p["key"] for p in answer["problems"]} == {"databse", "http.listen[0]"}
+    assert all(p["file"] == str(path) and p["message"] for p in answer["problems"])
+
+
 def test_check_config_reads_egen_config_and_prints_summary(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     result = run_cli("check-config", env={"EGEN_CONFIG": str(config)})
@@ -158,7 +169,8 @@ def test_check_config_reads_egen_config_and_prints_summary(tmp_path: Path) -> No
     assert "http://127.0.0.1:0" in result.stdout
     assert f"embedded Postgres in {tmp_path / 'state' / 'postgres'}" in result.stdout
     as_json = run_cli("check-config", "--json", "--config", str(config))
-    assert '"state_dir"' in as_json.stdout
+    summary = orjson.loads(as_json.stdout)
+    assert summary["ok"] is True and "state_dir" in summary
 
 
 def test_version_and_help() -> None:
