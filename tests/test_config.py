@@ -31,6 +31,12 @@ def test_shipped_configs_are_valid() -> None:
     assert dev.state_dir == (REPO / ".egen-state").resolve()
     assert dev.http.listen == [HostPort("127.0.0.1", 8800)]
     assert dev.database.url is None
+    # Every GELF transport a shipper may pick has a listener for the dev project.
+    gelf = {(kind, str(listener.listen)) for kind, listeners in
+            (("udp", dev.ingest.udp), ("tcp", dev.ingest.tcp)) for listener in listeners
+            if listener.project == "dev" and "gelf" in listener.formats}
+    assert gelf == {("udp", "127.0.0.1:12201"), ("tcp", "127.0.0.1:12201")}
+    assert dev.web.users["dev"].admin
     prod = config.load(REPO / "config" / "egen.toml", environ={})
     assert prod.state_dir == Path("/var/lib/egen")
 
