@@ -14,8 +14,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from daemon.app import App
+from daemon.events.refusals import Refusals
+from daemon.metrics import render
 from tests.eventfixtures import base_url, events_config, issue_rows, stored
 from tests.mailfixtures import started_app
 from tests.test_app import proxied
@@ -77,13 +80,34 @@ async def test_accepted_event_answers_its_id_and_switches_off_other_categories(
      "not valid for project 1"),
     ({"X-Sentry-Auth": "Sentry sentry_key=webkey01"}, "/api/1/envelope/", 403,
      "not valid for project 1"),
-    (AUTH, "/api/99/envelope/", 403, "not valid for project 99"),
+    (AUTH, "/api/99/envelope/", 403, "there is no project 99"),
 ])
 async def test_wrong_key_or_project_is_refused_and_nothing_stored(
         app: App, headers: dict[str, str], path: str, status: int, detail: str) -> None:
     got, body, _ = await post(app, path, envelope(error_event()), headers)
     assert got == status and detail in body["detail"]
     assert await count_events(app) == 0
+
+
+async def test_refusals_are_counted_and_logged_once_a_minute_per_key_and_project(
+        app: App, caplog: pytest.LogCaptureFixture) -> None:
+    wrong = {"X-Sentry-Auth": "Sentry sentry_key=wrongkey"}
+    for _ in range(3):
+        assert (await post(app, "/api/1/envelope/", envelope(error_event()), wrong))[0] == 403
+    assert (await post(app, "/api/99/envelope/", envelope(error_event()), AUTH))[0] == 403
+    async with aiohttp.ClientSession() as client, client.post(
+            base_url(app) + "/api/v1/events", data=b'{"message": "x"}',
+            headers={"Authorization": "Bearer nobodys"}) as response:
+        assert response.status == 403
+    lines = [r for r in caplog.records if r.name == "egen.ingest.refused"]
+    assert [r.getMessage() for r in lines] == [
+        "ingest refused: key not valid for the project", "ingest refused: no such project",
+        "ingest refused: key not valid for any project"]
+    metrics = render(app.registry).decode()
+    for source, reason, count in (("sentry", "wrong_key", 3), ("sentry", "unknown_project", 1),
+                                  ("native", "unknown_key", 1)):
+        assert (f'egen_ingest_refused_total{{reason="{reason}",source="{source}"}} '
+                f'{float(count)}') in metrics, (source, reason)
 
 
 async def test_key_from_query_and_from_the_envelope_dsn(app: App) -> None:
@@ -299,3 +323,14 @@ async def test_sighup_applies_rotated_keys(tmp_path: Path, pg_url: str) -> None:
         new, _, _ = await post(app, "/api/1/envelope/", envelope(error_event()),
                                {"X-Sentry-Auth": "Sentry sentry_key=appkey02"})
         assert (old, new) == (403, 200)
+
+
+def test_a_refusal_is_logged_again_after_the_interval(caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    refusals = Refusals(CollectorRegistry(), every=60.0, clock=lambda: now[0])
+    for step in (0.0, 30.0, 31.0, 1.0):
+        now[0] += step
+        refusals.refused("sentry", "wrong_key", project=1, key="k1", address="192.0.2.1")
+    refusals.refused("sentry", "wrong_key", project=1, key="k2", address="192.0.2.1")
+    lines = [r for r in caplog.records if r.name == "egen.ingest.refused"]
+    assert len(lines) == 3          # k1 at 0 s and at 61 s, k2 once

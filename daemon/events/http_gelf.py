@@ -28,7 +28,8 @@ class GelfHttpEndpoint(KeyedEndpoint):
     status = 202              # Graylog's answer
 
     async def _accept(self, request: web.Request) -> dict[str, Any]:
-        project = project_for_key(request, self.projects)
+        project = project_for_key(request, self.projects, self.ingestor.refusals,
+                                  "gelf_http")
         limit = self.settings.max_body_size
         body = self._decompressed(request, await read_body(request, limit), limit)
         parts = [p for p in body.replace(b"\0", b"\n").split(b"\n") if p.strip()]

@@ -25,6 +25,7 @@ from daemon.events.http_common import (
 )
 from daemon.events.ingest import Ingestor, Refused
 from daemon.events.projects import Project, ProjectRegistry
+from daemon.events.refusals import Refusals
 from daemon.events.settings import IngestSettings
 from daemon.events.shipper import ShipperBodyError, split_records, to_sentry_event
 from daemon.events.shipper_fields import ShipperRecordError
@@ -33,17 +34,22 @@ PATH = "/api/v1/events"
 MAX_LISTED = 1000            # per-line problems listed in one answer
 
 
-def project_for_key(request: web.Request, projects: ProjectRegistry) -> Project:
+def project_for_key(request: web.Request, projects: ProjectRegistry, refusals: Refusals,
+                    source: str) -> Project:
     """The project whose key the request carries (`Authorization: Bearer`, `X-Egen-Key`,
     or `?key=` for senders that cannot set headers)."""
     auth = request.headers.get("Authorization", "")
     key = auth[7:].strip() if auth[:7].lower() == "bearer " else \
         request.headers.get("X-Egen-Key", "").strip() or request.query.get("key", "")
     if not key:
+        refusals.refused(source, "missing_key", project=None, key=None,
+                         address=request.remote)
         raise HttpError(401, "missing project key: send Authorization: Bearer <key>, "
                              "X-Egen-Key or ?key=", {"WWW-Authenticate": "Bearer"})
     project = projects.for_key(key)
     if project is None or not any(hmac.compare_digest(key, k) for k in project.keys):
+        refusals.refused(source, "unknown_key", project=None, key=key,
+                         address=request.remote)
         raise HttpError(403, "the key is not valid for any project")
     return project
 
@@ -81,7 +87,7 @@ class KeyedEndpoint:
 
 class NativeEndpoint(KeyedEndpoint):
     async def _accept(self, request: web.Request) -> dict[str, Any]:
-        project = project_for_key(request, self.projects)
+        project = project_for_key(request, self.projects, self.ingestor.refusals, "native")
         limit = self.settings.max_body_size
         body = decoded_body(request, await read_body(request, limit), limit)
         try:

@@ -130,14 +130,26 @@ class SentryEndpoints:
 
     def _authorize(self, request: web.Request, project: Project | None,
                    key: str | None) -> Project:
+        number = request.match_info["project_id"]
+
+        def refuse(reason: str) -> None:
+            self.ingestor.refusals.refused("sentry", reason, project=number, key=key,
+                                           address=request.remote)
+
         if not key:
+            refuse("missing_key")
             raise HttpError(401, "missing authorization: send X-Sentry-Auth with "
                                  "sentry_key, or ?sentry_key=")
-        if project is None or key not in project.keys:
-            raise HttpError(403, f"the key is not valid for project "
-                                 f"{request.match_info['project_id']}")
+        if project is None:
+            refuse("unknown_project")
+            raise HttpError(403, f"there is no project {number}: check the number at the "
+                                 "end of the DSN")
+        if key not in project.keys:
+            refuse("wrong_key")
+            raise HttpError(403, f"the key is not valid for project {number}")
         origin = request.headers.get("Origin")
         if origin and not project.allows_origin(origin):
+            refuse("origin")
             raise HttpError(403, f"origin {origin} is not allowed for project "
                                  f"{project.name!r}")
         return project

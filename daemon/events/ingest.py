@@ -25,6 +25,7 @@ from daemon.events.fingerprint import GROUPING_VERSION, grouping_hash
 from daemon.events.normalize import InvalidEvent, normalize_event
 from daemon.events.projects import Project
 from daemon.events.record import EventRecord, encode
+from daemon.events.refusals import Refusals
 from daemon.journal import Journal, JournalFull
 
 YIELD_EVERY = 500
@@ -86,6 +87,7 @@ class Ingestor:
         self.journal = journal
         self.with_facets = with_facets
         self.metrics = IngestMetrics(registry)
+        self.refusals = Refusals(registry)
         self.max_event_size = max_event_size
         self.journal_retry_after = journal_retry_after
         # Per project: (tokens, when). Tokens refill at rate_limit per minute up to one
