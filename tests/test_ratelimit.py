@@ -143,11 +143,12 @@ def test_failures_block_after_the_limit():
     clock = Clock()
     limiter = FailureLimiter(max_failures=3, window=60, block=300, clock=clock)
     for _ in range(2):
-        limiter.failure("ip")
+        assert limiter.failure("ip") is False
         assert not limiter.blocked("ip")
-    limiter.failure("ip")
+    assert limiter.failure("ip") is True          # the one that starts the block
     assert limiter.blocked("ip")
     assert limiter.retry_after("ip") == pytest.approx(300)
+    assert limiter.failure("ip") is False         # already blocked: no second start
     assert not limiter.blocked("other")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import logging
 import re
 import signal
 import smtplib
@@ -28,6 +29,7 @@ import asyncpg
 import pytest
 
 from daemon.app import App
+from daemon.logs import LogfmtFormatter
 from tests.daemonproc import DaemonProcess
 from tests.mailfixtures import (
     PASSWORD,
@@ -434,7 +436,8 @@ async def test_implicit_tls_raw_stream(app: App) -> None:
 
 # -- AUTH guessing ---------------------------------------------------------------------------
 
-async def test_bad_auth_is_535_then_blocked_per_client(tmp_path: Path, pg_url: str) -> None:
+async def test_bad_auth_is_535_then_blocks_that_user_from_that_client(
+        tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
     async with running(tmp_path, pg_url, smtp="auth_failures = 3") as app:
         dialog = await Dialog.open(app, SUBMISSION)
         await dialog.command("EHLO client.test")
@@ -445,28 +448,41 @@ async def test_bad_auth_is_535_then_blocked_per_client(tmp_path: Path, pg_url: s
         # No user enumeration: an unknown user reads exactly like a wrong password.
         assert wrong_password == unknown_user == (
             "535 5.7.8 Authentication credentials invalid")
-        # The third failure (over AUTH LOGIN) reaches smtp.auth_failures ...
+        assert await dialog.one(f"AUTH PLAIN {plain('app', 'guess2')}") == unknown_user
+        # The third failure for `app` (over AUTH LOGIN) reaches smtp.auth_failures ...
         assert (await dialog.one("AUTH LOGIN")).startswith("334 ")
-        assert (await dialog.one(b64("alerts"))).startswith("334 ")
+        assert (await dialog.one(b64("app"))).startswith("334 ")
         assert await dialog.one(b64("wrong")) == "535 5.7.8 Authentication credentials invalid"
-        # ... and from then on even the right password is refused, with a temporary code.
+        # ... and from then on even its right password is refused, with a temporary code.
         blocked = "454 4.7.0 Too many failed AUTH attempts; try again later"
         assert await dialog.one(f"AUTH PLAIN {plain('app', PASSWORD)}") == blocked
         assert await dialog.one("MAIL FROM:<app@example.com>") == (
             "530 5.7.0 Authentication required")
         assert await dialog.quit() == ["221 2.0.0 Bye"]
-        # The block is per client address, not per session.
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port(app, IMPLICIT), use_tls=True,
-                                 tls_context=client_tls(), timeout=TIMEOUT)
-        await client.connect()
-        try:
-            await client.ehlo()
-            with pytest.raises(aiosmtplib.SMTPAuthenticationError) as caught:
-                await client.auth_plain("app", PASSWORD)
-            assert (caught.value.code, caught.value.message) == (454, blocked[4:])
-        finally:
-            await client.quit()
+        [line] = [r for r in caplog.records if r.getMessage().startswith("auth blocked")]
+        assert "user=app" in _formatted(line) and "client=127.0.0.1" in _formatted(line)
+        # The block is per client address and user, not per session: `app` stays
+        # blocked in a new connection, while another application on the same host
+        # signs in with its own right password.
+        for user, expected in (("app", 454), ("alerts", 235)):
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port(app, IMPLICIT),
+                                     use_tls=True, tls_context=client_tls(), timeout=TIMEOUT)
+            await client.connect()
+            try:
+                await client.ehlo()
+                if expected == 454:
+                    with pytest.raises(aiosmtplib.SMTPAuthenticationError) as caught:
+                        await client.auth_plain(user, PASSWORD)
+                    assert (caught.value.code, caught.value.message) == (454, blocked[4:])
+                else:
+                    assert (await client.auth_plain(user, PASSWORD)).code == expected
+            finally:
+                await client.quit()
         assert await queued(app) == []
+
+
+def _formatted(record: logging.LogRecord) -> str:
+    return LogfmtFormatter().format(record)
 
 
 # -- rate limits -----------------------------------------------------------------------------

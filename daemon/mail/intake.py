@@ -162,10 +162,13 @@ class IntakeHandler:
                            credentials: LoginPassword) -> tuple[str, User | None]:
         ctx = self.context
         ip = self.client_ip(session)
-        if ctx.auth_failures.blocked(ip):
+        name = credentials.login.decode("utf-8", "replace")
+        # Failures count per (address, user): one application with a stale password
+        # must not lock out every other application on its host.
+        limited = f"{ip}\x00{name[:256]}"
+        if ctx.auth_failures.blocked(limited):
             ctx.metrics.auth.labels("blocked").inc()
             return "454 4.7.0 Too many failed AUTH attempts; try again later", None
-        name = credentials.login.decode("utf-8", "replace")
         user = ctx.users.get(name)
         ok = False
         if user is not None:
@@ -177,11 +180,14 @@ class IntakeHandler:
                 if ok:
                     self.credentials.remember(name, credentials.password)
         if not ok:
-            ctx.auth_failures.failure(ip)
             ctx.metrics.auth.labels("failed").inc()
             log.warning("auth failed", extra=fields(client=ip, user=name))
+            if ctx.auth_failures.failure(limited):
+                log.warning("auth blocked: too many failures", extra=fields(
+                    client=ip, user=name, failures=ctx.auth_failures.max_failures,
+                    seconds=round(ctx.auth_failures.block)))
             return "535 5.7.8 Authentication credentials invalid", None
-        ctx.auth_failures.success(ip)
+        ctx.auth_failures.success(limited)
         ctx.metrics.auth.labels("ok").inc()
         return "235 2.7.0 Authentication successful", user
 

@@ -124,7 +124,8 @@ class FailureLimiter:
             return 0.0
         return max(0.0, state.blocked_until - self._clock())
 
-    def failure(self, key: str) -> None:
+    def failure(self, key: str) -> bool:
+        """Count a failure; True when it is the one that starts a block."""
         now = self._clock()
         state = self._keys.get(key)
         if state is None:
@@ -133,7 +134,7 @@ class FailureLimiter:
                 self._keys.popitem(last=False)
         self._keys.move_to_end(key)
         if state.blocked_until > now:
-            return
+            return False
         times = state.times
         while times and times[0] <= now - self.window:
             times.popleft()
@@ -141,6 +142,8 @@ class FailureLimiter:
         if len(times) >= self.max_failures:
             state.blocked_until = now + self.block
             times.clear()
+            return True
+        return False
 
     def success(self, key: str) -> None:
         """A good login forgets earlier failures (typos should not add up over a day)."""

@@ -117,7 +117,8 @@ class SmtpSettings:
     users: dict[str, UserSettings] = field(default_factory=dict)
     rate_per_user: RateSettings = field(default_factory=RateSettings)
     rate_per_client: RateSettings = field(default_factory=lambda: RateSettings(1200.0, 200.0))
-    # Failed AUTH attempts per client address before it is blocked for auth_block.
+    # Failed AUTH attempts for one user name from one client address before that name is
+    # blocked from that address for auth_block (other users there are not affected).
     auth_failures: int = 5
     auth_block: Annotated[float, DURATION] = 300.0
 
