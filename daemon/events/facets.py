@@ -48,6 +48,9 @@ class Facets:
 
 def _text(value: Any, limit: int = MAX_VALUE) -> str | None:
     """A scalar as tag text; None for missing, empty, structured or NUL-bearing values."""
+    if (type(value) is str and value and len(value) <= limit and not value[0].isspace()
+            and not value[-1].isspace() and "\x00" not in value):
+        return value                # the common case, without copies (once per tag)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int | float):
@@ -168,6 +171,8 @@ def _url(data: dict[str, Any]) -> str | None:
     url = _text(_object(data.get("request")).get("url"), 2048)
     if url is None:
         return None
+    if "?" not in url and "#" not in url:
+        return truncate(url, MAX_VALUE)
     try:
         parts = urlsplit(url)
     except ValueError:

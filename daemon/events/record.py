@@ -70,7 +70,7 @@ def encode(record: EventRecord) -> bytes:
         "title": record.title, "culprit": record.culprit, "level": record.level,
         "timestamp": record.timestamp, "received_at": record.received_at,
         "environment": record.environment, "release": record.release,
-        "tags": record.tags, "user": record.user})
+        "tags": dict(record.tags), "user": record.user})
     return b"".join((MAGIC, _LENGTH.pack(len(head)), head, record.payload))
 
 
@@ -112,8 +112,12 @@ def decode(data: bytes) -> EventRecord:
 
 
 def _tags(value: object) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, dict):     # as encode() writes them: keys are str in JSON
+        if not all(type(v) is str for v in value.values()):
+            raise RecordError("header field tags holds a value that is not a string")
+        return tuple(value.items())
     if not isinstance(value, list | tuple):
-        raise RecordError("header field tags is not a list")
+        raise RecordError("header field tags is not an object")
     tags = []
     for pair in value:
         if (not isinstance(pair, list | tuple) or len(pair) != 2
