@@ -386,3 +386,15 @@ def test_facets_never_raise_on_any_payload(payload: dict[str, Any],
                                            client_ip: str | None) -> None:
     # The payload behind an Event is the raw JSON; facets() must read any of it.
     _well_formed(facets(dataclasses.replace(BASE, payload=payload), client_ip))
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet=st.sampled_from("ab:/?#[]@.\t\n%é1"), max_size=40))
+def test_url_tag_matches_the_split_url(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        expected = urlsplit(url.strip())._replace(query="", fragment="").geturl() or None
+    except ValueError:
+        expected = None
+    assert tags({"request": {"url": url}}).get("url") == expected

@@ -171,7 +171,7 @@ def _url(data: dict[str, Any]) -> str | None:
     url = _text(_object(data.get("request")).get("url"), 2048)
     if url is None:
         return None
-    if "?" not in url and "#" not in url:
+    if url.isascii() and not any(c in url for c in "?#[]\t\r\n"):
         return truncate(url, MAX_VALUE)
     try:
         parts = urlsplit(url)
