@@ -277,7 +277,7 @@ class DeliveryWorker:
                 reports.append((message, item, outcome, status))
             rows.append(store.Result(item.message_id, item.idx, status, next_at,
                                      outcome.code, outcome.response,
-                                     {"remote": outcome.remote, "tls": outcome.tls}))
+                                     _attempt_detail(outcome)))
             maillog.info(status, extra=fields(
                 queue_id=item.message_id, to=item.recipient, relay=outcome.remote or "none",
                 tls=outcome.tls or "none", attempts=item.attempts + 1,
@@ -395,3 +395,10 @@ class DeliveryWorker:
             log.exception("delivery attempt failed", extra=fields(queue_id=message.id))
             return [Outcome(i.idx, "deferred", 451, f"4.3.0 local error: "
                             f"{type(err).__name__}: {err}") for i in items]
+
+
+def _attempt_detail(outcome: Outcome) -> dict[str, Any]:
+    detail: dict[str, Any] = {"remote": outcome.remote, "tls": outcome.tls}
+    if outcome.tls is not None:
+        detail["tls_verified"] = outcome.tls_verified
+    return detail

@@ -17,6 +17,9 @@ class Outcome:
     response: str                # reply text with enhanced status code, or the local error
     remote: str | None = None    # "mx1.example.org[192.0.2.1]:25", or the maildir path
     tls: str | None = None       # "TLSv1.3 TLS_AES_256_GCM_SHA384" when the hop was encrypted
+    # Whether the peer's certificate was verified. Delivery to MX hosts encrypts
+    # opportunistically (Postfix's `may`), so it is False whenever `tls` is set today.
+    tls_verified: bool = False
 
     @property
     def status(self) -> str:

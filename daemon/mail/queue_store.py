@@ -8,8 +8,10 @@ same tables (see the 0002 migration for the lease columns and indexes).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from email.policy import default as _header_policy
 from typing import Any
 
 import asyncpg
@@ -25,6 +27,33 @@ Db = asyncpg.Pool | asyncpg.Connection
 
 class Unstorable(ValueError):
     """A message the queue tables can never hold, however often the insert is retried."""
+
+
+_SUBJECT = re.compile(rb"^Subject:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+# The original's queue ID in a delivery status notification egen wrote (bounce.py).
+_ABOUT = re.compile(rb"\r\nX-Egen-Queue-ID: ([0-9A-Z]{14})\r\n")
+MAX_SUBJECT = 300
+
+
+def log_facts(envelope: Envelope, data: bytes) -> dict[str, str]:
+    """What the mail log keeps of the message itself, so it can be searched after the
+    message is gone: the decoded Subject, and for a notification sent with the null sender,
+    the queue ID of the message it reports on."""
+    facts: dict[str, str] = {}
+    head = split_message(data)[0]
+    found = _SUBJECT.search(head)
+    if found is not None:
+        raw = re.sub(rb"\r?\n", b"", found.group(1)).decode("utf-8", "replace")
+        try:
+            subject = str(_header_policy.header_factory("subject", raw))
+        except Exception:    # a broken encoded word: keep the text as written
+            subject = raw
+        facts["subject"] = subject.strip()[:MAX_SUBJECT]
+    if envelope.sender == "":
+        about = _ABOUT.search(data, 0, 65536)
+        if about is not None:
+            facts["about"] = about.group(1).decode()
+    return facts
 
 
 def recipient_domain(address: str) -> str:
@@ -135,6 +164,7 @@ async def insert_messages(db: Db, messages: Sequence[tuple[Envelope, bytes]]) ->
             "size": len(data), "client_ip": envelope.client_ip,
             "auth_user": envelope.auth_user, "tls": envelope.tls,
             "message_id": envelope.message_id, "signed_by": list(envelope.signed_by),
+            **log_facts(envelope, data),
         }).decode())
     if not ids:
         return []
@@ -145,7 +175,7 @@ async def insert_messages(db: Db, messages: Sequence[tuple[Envelope, bytes]]) ->
 _LIST = """
 SELECT m.id, m.sender, m.size, m.received_at,
        extract(epoch FROM now() - m.received_at)::float8 AS age,
-       c.recipients, f.first_recipient, c.statuses
+       c.recipients, f.first_recipient, c.statuses, w.next_attempt_at
 FROM mail_messages m
 CROSS JOIN LATERAL (
     SELECT sum(s.n)::int AS recipients, jsonb_object_agg(s.status, s.n) AS statuses
@@ -156,6 +186,10 @@ CROSS JOIN LATERAL (
     SELECT recipient AS first_recipient FROM mail_recipients
     WHERE message_id = m.id ORDER BY idx LIMIT 1
 ) f
+CROSS JOIN LATERAL (
+    SELECT min(next_attempt_at) AS next_attempt_at FROM mail_recipients
+    WHERE message_id = m.id AND status IN ('queued', 'deferred')
+) w
 WHERE $1::text[] IS NULL OR EXISTS (
     SELECT 1 FROM mail_recipients x WHERE x.message_id = m.id AND x.status = ANY($1::text[]))
 ORDER BY m.received_at, m.id
@@ -165,7 +199,8 @@ LIMIT $2
 
 async def list_messages(db: Db, *, statuses: Sequence[str] | None = None,
                         limit: int = 100) -> list[dict[str, Any]]:
-    """Messages oldest first, with recipient count, first recipient and a count per status.
+    """Messages oldest first, with recipient count, first recipient, a count per status and
+    when the next waiting recipient is due (None when none waits).
     `statuses`: only messages with at least one recipient in one of them (None: all)."""
     rows = await db.fetch(_LIST, None if statuses is None else list(statuses), limit)
     out = []
