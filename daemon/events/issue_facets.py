@@ -124,3 +124,23 @@ async def filter_choices(db: Db, project_id: int | None) -> dict[str, list[str]]
             project_id)
     return {"release": [r["version"] for r in releases],
             "environment": [r["value"] for r in environments]}
+
+
+async def activity(db: Db, *, hours: int = 24, now: datetime | None = None
+                   ) -> dict[str, list[dict[str, Any]]]:
+    """All projects' events and new issues per hour over the last `hours` hours, oldest
+    first, empty hours included: the overview page's error charts."""
+    last = _hour(now or datetime.now(UTC))
+    first = last - timedelta(hours=hours - 1)
+    events = await db.fetch("SELECT hour, sum(events)::bigint AS n FROM issue_hours "
+                            "WHERE hour >= $1 GROUP BY hour", first)
+    issues = await db.fetch("SELECT date_trunc('hour', first_seen, 'UTC') AS hour, "
+                            "count(*) AS n FROM issues WHERE first_seen >= $1 GROUP BY 1",
+                            first)
+    out = {}
+    for name, rows in (("events", events), ("new_issues", issues)):
+        counts = {r["hour"]: r["n"] for r in rows}
+        out[name] = [{"start": _iso(first + timedelta(hours=n)),
+                      "count": counts.get(first + timedelta(hours=n), 0)}
+                     for n in range(hours)]
+    return out

@@ -43,9 +43,10 @@ def sparkline(counts: Sequence[int], *, label: str = "events per hour, last 24 h
                 "spark")
 
 
-def bar_chart(buckets: Sequence[dict[str, object]], *, unit: str) -> Markup:
-    """Events per bucket ({"start": ISO time, "count": n}), oldest first, with a tooltip
-    per bar; `unit` ("hour" or "day") words the tooltips."""
+def bar_chart(buckets: Sequence[dict[str, object]], *, unit: str, noun: str = "event"
+              ) -> Markup:
+    """Counts per bucket ({"start": ISO time, "count": n}), oldest first, with a tooltip
+    per bar; `unit` ("hour" or "day") and `noun` (what is counted) word the tooltips."""
     width, height = 600.0, 120.0
     slot = width / max(len(buckets), 1)
     counts = [int(b["count"]) for b in buckets]  # type: ignore[call-overload]
@@ -57,14 +58,14 @@ def bar_chart(buckets: Sequence[dict[str, object]], *, unit: str) -> Markup:
         when = start.strftime("%Y-%m-%d %H:00 UTC" if unit == "hour" else "%Y-%m-%d")
         h = _height(count, peak, height - 12)
         # The whole column is the tooltip's target, so a thin bar is easy to point at.
-        body.append(f'<g><title>{escape(when)}: {count} event{"" if count == 1 else "s"}'
+        body.append(f'<g><title>{escape(when)}: {count} {noun}{"" if count == 1 else "s"}'
                     f'</title><rect class="hit" x="{n * slot:.2f}" y="0" width="{slot:.2f}" '
                     f'height="{height:g}"></rect>')
         if h:
             body.append(f'<rect x="{n * slot + slot * 0.1:.2f}" y="{height - 1 - h:.2f}" '
                         f'width="{slot * 0.8:.2f}" height="{h:.2f}"></rect>')
         body.append("</g>")
-    label = f"events per {unit}: at most {peak}"
+    label = f"{noun}s per {unit}: at most {peak}"
     return _svg(width, height, label, body, "bars")
 
 

@@ -20,6 +20,8 @@ from daemon.web import accounts, render
 from daemon.web.auth import Auth
 from daemon.web.pages_events import EventPages
 from daemon.web.pages_issues import IssuePages
+from daemon.web.pages_mail import MailPages
+from daemon.web.pages_overview import OverviewPages
 from daemon.web.pages_projects import ProjectPages
 from daemon.web.settings import WebSettings
 
@@ -42,7 +44,8 @@ class WebUi:
         self._pool = pool
         self.auth = Auth(settings.web, pool)
         self.pages = [IssuePages(pool), EventPages(pool),
-                      ProjectPages(pool, lambda: self._all.ingest, listen, projects_changed)]
+                      ProjectPages(pool, lambda: self._all.ingest, listen, projects_changed),
+                      MailPages(pool), OverviewPages(pool)]
 
     def mount(self, app: web.Application) -> None:
         if not self.settings.enabled:
