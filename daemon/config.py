@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from daemon.alerts.settings import AlertSettings
@@ -20,7 +21,7 @@ from daemon.dnssetup.settings import DnsSettings
 from daemon.events.settings import IngestSettings, ProjectSettings, check_projects
 from daemon.mail.routing import RouteSettings, check_routes
 from daemon.mail.settings import DeliverySettings, DkimSettings, SmtpSettings
-from daemon.typedtoml import DURATION, SIZE, Invalid, Issue, Loader, Secret
+from daemon.typedtoml import DURATION, SIZE, Invalid, Issue, Loader, Secret, caught
 from daemon.units import HostPort, format_duration, format_size
 from daemon.web.settings import WebSettings
 
@@ -98,11 +99,15 @@ class Settings:
     # Where the settings came from; not a TOML key.
     source: Path = field(default=Path("<defaults>"), compare=False)
 
-    def check(self) -> None:
+    # Each problem check() finds is about the field it names, so a bad section does not
+    # hide the problems of the others.
+    partial_check: ClassVar[bool] = True
+
+    def check(self) -> Iterator[Invalid]:
         if self.drain_timeout <= 0:
-            raise Invalid("drain_timeout", "must be positive")
-        check_routes(self.routes)
-        check_projects(self.projects)
+            yield Invalid("drain_timeout", "must be positive")
+        yield from caught(check_routes, self.routes)
+        yield from check_projects(self.projects)
 
 
 class ConfigError(Exception):

@@ -71,12 +71,25 @@ class Invalid(Exception):
         self.message = message
 
 
+def caught(check: Callable[..., None], *args: Any) -> typing.Iterator[Invalid]:
+    """The problem a raising check finds, for a `check()` that yields every problem."""
+    try:
+        check(*args)
+    except Invalid as err:
+        yield err
+
+
 def show(value: Any) -> str:
     """A value as the operator wrote it in TOML, for error messages."""
     try:
         return orjson.dumps(value, default=str).decode()
     except TypeError:
         return repr(value)
+
+
+def _top(key: str) -> str:
+    """The field a problem's key starts with: 'projects' for 'projects[1].id'."""
+    return key.split(".", 1)[0].split("[", 1)[0]
 
 
 def _join(path: str, key: str) -> str:
@@ -135,16 +148,57 @@ class Loader:
             else:
                 values[name] = value
         if not ok:
+            self._partial_check(cls, values, data, path)
             return None
+        obj = cls(**values)
+        return obj if self._check(obj, path) else None
+
+    def _check(self, obj: Any, path: str, *, skip: frozenset[str] = frozenset()) -> bool:
+        """Run the dataclass's `check()`, which raises one Invalid or yields each problem;
+        problems under a key in `skip` are not reported. True when it found none."""
+        check = getattr(obj, "check", None)
+        if check is None:
+            return True
+        found: list[Invalid] = []
+        try:
+            result = check()
+            if result is not None:
+                found.extend(result)
+        except Invalid as err:
+            found.append(err)
+        for err in found:
+            if _top(err.key) not in skip:
+                self._fail(_join(path, err.key), err.message)
+        return not found
+
+    def _partial_check(self, cls: type[Any], values: dict[str, Any], data: dict[str, Any],
+                       path: str) -> None:
+        """A table with bad fields still gets the checks of its good ones, when its class
+        says each problem its `check()` finds concerns only the field it names
+        (`partial_check = True`), or names the other fields a field's problems depend on
+        (`partial_check = {"rules": ("channels",)}`): the bad fields take their defaults
+        for the run, and problems about them (reported already) or depending on them
+        are left out."""
+        partial = getattr(cls, "partial_check", False)
+        if not partial:
+            return
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        failed = frozenset(name for name in fields if name in data and name not in values)
+        depends = partial if isinstance(partial, dict) else {}
+        skip = failed | {name for name, on in depends.items() if failed.intersection(on)}
+        for name in failed:
+            field = fields[name]
+            if field.default is not dataclasses.MISSING:
+                values[name] = field.default
+            elif field.default_factory is not dataclasses.MISSING:
+                values[name] = field.default_factory()
+            else:
+                return
         try:
             obj = cls(**values)
-            check = getattr(obj, "check", None)
-            if check is not None:
-                check()
-        except Invalid as err:
-            self._fail(_join(path, err.key), err.message)
-            return None
-        return obj
+        except (TypeError, ValueError):
+            return
+        self._check(obj, path, skip=frozenset(skip))
 
     def _secret(self, data: dict[str, Any], name: str, path: str) -> Secret | None:
         given = [k for k in (name, f"{name}_env", f"{name}_file") if k in data]

@@ -95,3 +95,64 @@ def test_any_toml_text_loads_or_fails_cleanly(text: str) -> None:
         assert all(line.startswith("fuzz.toml: ") for line in err.lines())
     else:
         assert isinstance(settings, config.Settings)
+
+
+def test_problems_of_every_kind_are_reported_together(tmp_path: Path) -> None:
+    """Checks across fields run for the good parts of a table with bad ones, and a table's
+    check reports each of its problems, not only the first."""
+    path = tmp_path / "egen.toml"
+    path.write_text("""
+drain_timeout = "0s"
+[[projects]]
+id = 0
+name = "Shop"
+keys = ["abcdef0123456789", "x"]
+rate_limit = -1
+[[routes]]
+domains = ["example.org"]
+transport = "maildir"
+path = "/tmp/m"
+[alerts]
+max_attempts = 0
+sender = "not an address"
+[[alerts.channels]]
+name = "ops"
+type = "email"
+to = ["ops@example.com"]
+[[alerts.rules]]
+project = "shop"
+on = ["new"]
+channels = ["oncall"]
+""")
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, environ={})
+    keys = [line.split(": ")[1] for line in caught.value.lines()]
+    assert sorted(keys) == sorted([
+        "drain_timeout", "routes", "projects[0].name", "projects[0].id",
+        "projects[0].keys[1]", "projects[0].rate_limit", "alerts.sender",
+        "alerts.max_attempts", "alerts.rules[0].channels[0]"])
+
+
+def test_a_bad_section_does_not_hide_its_neighbours_but_is_not_reported_twice(
+        tmp_path: Path) -> None:
+    path = tmp_path / "egen.toml"
+    path.write_text('drain_timeout = "0s"\n[[projects]]\nid = 1\nname = "a"\n'
+                    'keys = ["abcdef0123456789"]\n[[projects]]\nid = 1\nname = "B"\n'
+                    'keys = ["abcdef0123456789"]\n')
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, environ={})
+    # The duplicate id and key of projects[1] need a readable projects list: they wait.
+    assert [line.split(": ")[1] for line in caught.value.lines()] == [
+        "projects[1].name", "drain_timeout"]
+
+
+def test_a_rule_naming_a_broken_channel_is_not_said_to_name_a_missing_one(
+        tmp_path: Path) -> None:
+    path = tmp_path / "egen.toml"
+    path.write_text('[alerts]\nsender = "x"\n[[alerts.channels]]\nname = "ops"\n'
+                    'type = "email"\nto = []\n[[alerts.rules]]\nproject = "*"\n'
+                    'on = ["new"]\nchannels = ["ops"]\n')
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, environ={})
+    assert [line.split(": ")[1] for line in caught.value.lines()] == [
+        "alerts.channels[0].to", "alerts.sender"]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from daemon.events.settings import NAME_PATTERN, Level, check_name
-from daemon.typedtoml import DURATION, Invalid, Secret
+from daemon.typedtoml import DURATION, Invalid, Secret, caught
 from daemon.units import format_duration
 
 Kind = Literal["new", "regressed", "spike", "critical"]
@@ -36,25 +37,25 @@ class ChannelSettings:
     # Messages per hour at most; alerts beyond it wait and go out folded into a digest.
     max_per_hour: int = 30
 
-    def check(self) -> None:
-        check_name(self.name, "name")
+    def check(self) -> Iterator[Invalid]:
+        yield from caught(check_name, self.name, "name")
         if self.max_per_hour < 1:
-            raise Invalid("max_per_hour", "must be at least 1")
+            yield Invalid("max_per_hour", "must be at least 1")
         if self.type == "email":
             if not self.to:
-                raise Invalid("to", "an email channel needs at least one recipient")
+                yield Invalid("to", "an email channel needs at least one recipient")
             for i, address in enumerate(self.to):
                 if not _ADDRESS.fullmatch(address):
-                    raise Invalid(f"to[{i}]", f"{address!r} is not a mail address")
+                    yield Invalid(f"to[{i}]", f"{address!r} is not a mail address")
             if self.url is not None:
-                raise Invalid("url", "is for webhook channels; this one is type = \"email\"")
+                yield Invalid("url", "is for webhook channels; this one is type = \"email\"")
         else:
             if self.url is None:
-                raise Invalid("url", "a webhook channel needs a url")
-            if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", self.url.reveal()):
-                raise Invalid("url", "must be an http:// or https:// URL")
+                yield Invalid("url", "a webhook channel needs a url")
+            elif not re.fullmatch(r"https?://[^/\s]+(/\S*)?", self.url.reveal()):
+                yield Invalid("url", "must be an http:// or https:// URL")
             if self.to:
-                raise Invalid("to", "is for email channels; this one is type = \"webhook\"")
+                yield Invalid("to", "is for email channels; this one is type = \"webhook\"")
 
 
 @dataclass(frozen=True)
@@ -97,31 +98,31 @@ class RuleSettings:
             return any(t in names for t in self.critical_types)
         return False
 
-    def check(self) -> None:
+    def check(self) -> Iterator[Invalid]:
         if self.project != "*" and not NAME_PATTERN.fullmatch(self.project):
-            raise Invalid("project", f"{self.project!r} is neither a project name nor \"*\"")
+            yield Invalid("project", f"{self.project!r} is neither a project name nor \"*\"")
         if not self.on:
-            raise Invalid("on", "needs at least one of new, regressed, spike, critical")
+            yield Invalid("on", "needs at least one of new, regressed, spike, critical")
         if len(set(self.on)) != len(self.on):
-            raise Invalid("on", "lists a kind twice")
+            yield Invalid("on", "lists a kind twice")
         if not self.channels:
-            raise Invalid("channels", "needs at least one channel")
+            yield Invalid("channels", "needs at least one channel")
         if "spike" in self.on:
             if self.spike_events < 1:
-                raise Invalid("spike_events", "a spike rule needs spike_events of 1 or more")
+                yield Invalid("spike_events", "a spike rule needs spike_events of 1 or more")
             if not 60 <= self.spike_window <= 86400 or self.spike_window % 60:
-                raise Invalid("spike_window", "must be whole minutes, from 1m to 24h "
+                yield Invalid("spike_window", "must be whole minutes, from 1m to 24h "
                                               f"(got {format_duration(self.spike_window)})")
         elif self.spike_events:
-            raise Invalid("spike_events", "is for rules with \"spike\" in on")
+            yield Invalid("spike_events", "is for rules with \"spike\" in on")
         if "critical" in self.on:
             if self.critical_level is None and not self.critical_types:
-                raise Invalid("critical_level", "a critical rule needs critical_level or "
+                yield Invalid("critical_level", "a critical rule needs critical_level or "
                                                 "critical_types")
             if self.critical_repeat < 60:
-                raise Invalid("critical_repeat", "must be at least 1m")
+                yield Invalid("critical_repeat", "must be at least 1m")
         elif self.critical_level is not None or self.critical_types:
-            raise Invalid("critical_level", "is for rules with \"critical\" in on")
+            yield Invalid("critical_level", "is for rules with \"critical\" in on")
 
 
 @dataclass(frozen=True)
@@ -151,32 +152,36 @@ class AlertSettings:
     channels: list[ChannelSettings] = field(default_factory=list)
     rules: list[RuleSettings] = field(default_factory=list)
 
+    # A bad channel or rule does not hide the other problems; a rule's channel names
+    # are checked once the channels are readable.
+    partial_check: ClassVar[dict[str, tuple[str, ...]]] = {"rules": ("channels",)}
+
     def channel(self, name: str) -> ChannelSettings | None:
         return next((c for c in self.channels if c.name == name), None)
 
-    def check(self) -> None:
+    def check(self) -> Iterator[Invalid]:
         if self.sender is not None and not _ADDRESS.fullmatch(self.sender):
-            raise Invalid("sender", f"{self.sender!r} is not a mail address")
+            yield Invalid("sender", f"{self.sender!r} is not a mail address")
         for name in ("digest_window", "per_issue_interval", "relay_deferred_after"):
             if getattr(self, name) < 0:
-                raise Invalid(name, "must not be negative")
+                yield Invalid(name, "must not be negative")
         if self.retry_first <= 0 or self.retry_max < self.retry_first:
-            raise Invalid("retry_max", "retry_first must be positive and retry_max at least "
+            yield Invalid("retry_max", "retry_first must be positive and retry_max at least "
                                        "retry_first")
         if self.max_attempts < 1:
-            raise Invalid("max_attempts", "must be at least 1")
+            yield Invalid("max_attempts", "must be at least 1")
         if self.poll_interval <= 0 or self.webhook_timeout <= 0:
-            raise Invalid("poll_interval", "poll_interval and webhook_timeout must be positive")
+            yield Invalid("poll_interval", "poll_interval and webhook_timeout must be positive")
         if self.relay_project:
-            check_name(self.relay_project, "relay_project")
+            yield from caught(check_name, self.relay_project, "relay_project")
         seen: set[str] = set()
         for i, channel in enumerate(self.channels):
             if channel.name in seen:
-                raise Invalid(f"channels[{i}].name", f"{channel.name!r} is used twice")
+                yield Invalid(f"channels[{i}].name", f"{channel.name!r} is used twice")
             seen.add(channel.name)
         for i, rule in enumerate(self.rules):
             for j, name in enumerate(rule.channels):
                 if name not in seen:
                     known = ", ".join(sorted(seen)) or "none"
-                    raise Invalid(f"rules[{i}].channels[{j}]",
+                    yield Invalid(f"rules[{i}].channels[{j}]",
                                   f"no channel named {name!r} (channels: {known})")

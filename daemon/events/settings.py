@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from daemon.typedtoml import SIZE, Invalid, Secret
+from daemon.typedtoml import SIZE, Invalid, Secret, caught
 from daemon.units import HostPort
 
 Level = Literal["debug", "info", "warning", "error", "fatal"]
@@ -55,18 +56,18 @@ class ProjectSettings:
     # filtered, not stored. SDK events are always kept.
     min_level: Level = "warning"
 
-    def check(self) -> None:
-        check_name(self.name, "name")
+    def check(self) -> Iterator[Invalid]:
+        yield from caught(check_name, self.name, "name")
         if not 1 <= self.id <= 2**31 - 1:
-            raise Invalid("id", "must be between 1 and 2147483647")
+            yield Invalid("id", "must be between 1 and 2147483647")
         if not self.keys:
-            raise Invalid("keys", "needs at least one key")
+            yield Invalid("keys", "needs at least one key")
         for i, key in enumerate(self.keys):
-            check_key(key, f"keys[{i}]")
+            yield from caught(check_key, key, f"keys[{i}]")
         for i, origin in enumerate(self.allowed_origins):
-            check_origin(origin, f"allowed_origins[{i}]")
+            yield from caught(check_origin, origin, f"allowed_origins[{i}]")
         if self.rate_limit < 0:
-            raise Invalid("rate_limit", "must be 0 (no limit) or more")
+            yield Invalid("rate_limit", "must be 0 (no limit) or more")
 
 
 Format = Literal["gelf", "json", "syslog"]
@@ -144,20 +145,20 @@ class IngestSettings:
             raise Invalid("api_token", "must be at least 8 characters long")
 
 
-def check_projects(projects: list[ProjectSettings]) -> None:
+def check_projects(projects: list[ProjectSettings]) -> Iterator[Invalid]:
     seen_ids: dict[int, str] = {}
     seen_names: set[str] = set()
     seen_keys: dict[str, str] = {}
     for i, project in enumerate(projects):
         if project.id in seen_ids:
-            raise Invalid(f"projects[{i}].id", f"{project.id} is also the id of project "
+            yield Invalid(f"projects[{i}].id", f"{project.id} is also the id of project "
                                                f"{seen_ids[project.id]!r}")
         if project.name in seen_names:
-            raise Invalid(f"projects[{i}].name", f"{project.name!r} is used twice")
+            yield Invalid(f"projects[{i}].name", f"{project.name!r} is used twice")
         for key in project.keys:
             if key in seen_keys:
-                raise Invalid(f"projects[{i}].keys", f"{key!r} is also a key of project "
+                yield Invalid(f"projects[{i}].keys", f"{key!r} is also a key of project "
                                                      f"{seen_keys[key]!r}")
-            seen_keys[key] = project.name
+            seen_keys.setdefault(key, project.name)
         seen_ids[project.id] = project.name
         seen_names.add(project.name)
