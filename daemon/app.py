@@ -20,7 +20,7 @@ from daemon.alerts.service import AlertService
 from daemon.config import ConfigError, Settings, load
 from daemon.consumer import JournalConsumer
 from daemon.db import nodes
-from daemon.db.pool import Database
+from daemon.db.pool import database_for
 from daemon.events import facets
 from daemon.events.api import OperatorApi
 from daemon.events.http_gelf import GelfHttpEndpoint
@@ -84,18 +84,6 @@ class Journals:
     async def readiness(self) -> tuple[bool, str]:
         full = [j.name for j in self.opened.values() if j.full]
         return (not full, f"full: {', '.join(full)}" if full else "ok")
-
-
-def database_for(settings: Settings, *, owns_embedded: bool = True) -> Database:
-    """The database the settings describe; operator verbs pass owns_embedded=False."""
-    db = settings.database
-    return Database(
-        url=db.url.reveal() if db.url is not None else None,
-        data_dir=settings.state_dir / "postgres",
-        min_size=db.pool_min_size if owns_embedded else 0,
-        max_size=db.pool_max_size if owns_embedded else 2,
-        connect_timeout=db.connect_timeout, statement_timeout=db.statement_timeout,
-        owns_embedded=owns_embedded)
 
 
 class DatabaseComponent:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from daemon.alerts import compose, store
 from daemon.cli_common import load_settings, positive_int, with_database
 from daemon.cli_output import print_json, print_table
 from daemon.units import parse_duration
@@ -65,6 +64,8 @@ def add_alert_verbs(verbs: argparse._SubParsersAction,
 
 
 def cmd_alerts_test(args: argparse.Namespace) -> int:
+    from daemon.alerts import compose, store  # rendering pulls in the mail stack
+
     settings = load_settings(args)
     matched = [r for r in settings.alerts.rules if r.applies_to(args.project)]
     names = list(dict.fromkeys(c for r in matched for c in r.channels))
@@ -117,6 +118,8 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts_log(args: argparse.Namespace) -> int:
+    from daemon.alerts import store
+
     async def work(pool: asyncpg.Pool) -> list[dict[str, Any]]:
         return await store.send_log(pool, since=time.time() - args.since,
                                     channel=args.channel, limit=args.limit)

@@ -26,7 +26,7 @@ def with_database(args: argparse.Namespace,
     it is adopted if the daemon runs it, else started for the verb and stopped after)."""
     import uvloop
 
-    from daemon.app import database_for
+    from daemon.db.pool import database_for
     from daemon.logs import setup_logging
 
     settings = load_settings(args)

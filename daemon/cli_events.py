@@ -240,7 +240,7 @@ def _config_clash(settings: Settings, args: argparse.Namespace) -> str | None:
 
 
 def cmd_project_add(args: argparse.Namespace) -> int:
-    from daemon.events.projects import add_project  # noqa: PLC0415 - keeps --help fast
+    from daemon.events.projects import add_project
 
     settings = load_settings(args)
     clash = _config_clash(settings, args)

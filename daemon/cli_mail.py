@@ -8,18 +8,13 @@ import argparse
 import getpass
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon.cli_output import print_json
 from daemon.config import load, resolve_path
-from daemon.mail.dkimkeys import (
-    DkimError,
-    DkimKey,
-    generate_key,
-    load_key,
-    write_private_key,
-    zone_line,
-)
-from daemon.mail.passwords import hash_password
+
+if TYPE_CHECKING:
+    from daemon.mail.dkimkeys import DkimKey
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 
@@ -70,6 +65,8 @@ def read_password() -> str:
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
+    from daemon.mail.passwords import hash_password
+
     password = read_password()
     if not password:
         sys.stderr.write("egen: empty password\n")
@@ -83,6 +80,14 @@ def _record(key: DkimKey) -> dict[str, str]:
 
 
 def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    from daemon.mail.dkimkeys import (
+        DkimError,
+        DkimKey,
+        generate_key,
+        write_private_key,
+        zone_line,
+    )
+
     path = Path(args.out or f"{args.domain}.{args.selector}.pem")
     try:
         private = generate_key(args.algorithm, bits=args.bits)
@@ -102,6 +107,8 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_dkim_record(args: argparse.Namespace) -> int:
+    from daemon.mail.dkimkeys import DkimError, load_key, zone_line
+
     settings = load(resolve_path(getattr(args, "config", None)))
     keys = []
     for entry in settings.dkim.keys:

@@ -13,8 +13,6 @@ import orjson
 
 from daemon.cli_common import positive_int, with_database
 from daemon.cli_output import print_json, print_table
-from daemon.mail import queue_admin
-from daemon.mail.queue_store import PENDING, list_messages, show_message
 from daemon.units import parse_duration
 
 if TYPE_CHECKING:
@@ -124,6 +122,8 @@ def _plural(count: int, noun: str) -> str:
 
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
+    from daemon.mail.queue_store import PENDING, list_messages
+
     statuses = {"pending": PENDING, "all": None}.get(args.status, (args.status,))
     rows = with_database(args, lambda pool: list_messages(
         pool, statuses=statuses, limit=args.limit))
@@ -143,6 +143,8 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
+    from daemon.mail.queue_store import show_message
+
     message = with_database(args, lambda pool: show_message(pool, args.id))
     if message is None:
         sys.stderr.write(f"egen: no message with queue ID {args.id!r}\n")
@@ -184,6 +186,8 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_retry(args: argparse.Namespace) -> int:
+    from daemon.mail import queue_admin
+
     if args.all:
         return _flush(args, by="egen queue retry --all")
     result = with_database(args, lambda pool: queue_admin.retry_message(pool, args.id))
@@ -206,6 +210,8 @@ def cmd_queue_flush(args: argparse.Namespace) -> int:
 
 
 def _flush(args: argparse.Namespace, *, by: str) -> int:
+    from daemon.mail import queue_admin
+
     count = with_database(args, lambda pool: queue_admin.retry_deferred(pool, by=by))
     if args.json:
         print_json({"rescheduled": count})
@@ -215,6 +221,8 @@ def _flush(args: argparse.Namespace, *, by: str) -> int:
 
 
 def cmd_queue_delete(args: argparse.Namespace) -> int:
+    from daemon.mail import queue_admin
+
     try:
         result = with_database(args, lambda pool: queue_admin.delete_message(
             pool, args.id, force=args.force))
@@ -270,6 +278,8 @@ def _recipient_cell(row: dict[str, Any]) -> str | None:
 
 
 def cmd_mail_log(args: argparse.Namespace) -> int:
+    from daemon.mail import queue_admin
+
     since = None
     if args.since is not None:
         try:

@@ -276,3 +276,41 @@ async def test_project_list(db: Database, config: Path, public: Path) -> None:
         ["web", "2", "1", "1", "http://webkey1@[::1]:8800/2"],
         ["2", "3", "0", "0", "-"]]
     assert "https://webkey1@errors.example.com/egen/2" in ok(behind_proxy)
+
+
+# -- start-up -------------------------------------------------------------------------------
+
+# What a read-only verb has no use for: the daemon's components, the web stack, mail
+# signing and delivery. Importing any of them cost a verb over half a second.
+HEAVY = ("daemon.app", "daemon.web", "daemon.mail.server", "daemon.alerts.compose",
+         "daemon.mail.dkimkeys", "aiohttp", "jinja2", "dkim", "aiosmtpd", "aiosmtplib")
+
+_LOADED = """
+import sys
+from daemon.cli import main
+rc = main(sys.argv[1:])
+print("LOADED", " ".join(sorted(sys.modules)))
+sys.exit(rc)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verb", [["--version"], ["issues", "list"], ["queue", "list"],
+                                  ["mail", "log"], ["alerts", "log"], ["check-config"],
+                                  ["project", "list"]])
+async def test_read_only_verbs_import_only_what_they_use(db: Database, config: Path,
+                                                         verb: list[str]) -> None:
+    args = verb if verb == ["--version"] else [*verb, "--config", str(config)]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _LOADED, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode()
+    if verb == ["--version"]:          # argparse exits before the print
+        assert proc.returncode == 0 and text.startswith("egen ")
+        return
+    assert proc.returncode == 0, err.decode()
+    loaded = text.rsplit("LOADED ", 1)[1].split()
+    heavy = [m for m in loaded if (m in HEAVY or m.startswith(tuple(f"{h}." for h in HEAVY)))
+             and not m.endswith(".settings") and m != "daemon.web"]   # config reads those
+    assert heavy == [], f"{verb}: {heavy}"

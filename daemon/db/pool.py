@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
@@ -15,6 +15,9 @@ import orjson
 from daemon.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from daemon.db.migrate import MigrationError, migrate
 from daemon.logs import fields, get_logger
+
+if TYPE_CHECKING:
+    from daemon.config import Settings
 
 log = get_logger("db")
 
@@ -231,3 +234,15 @@ class Database:
         for secret in _secrets_in(self._url or ""):
             text = text.replace(secret, "***")
         return text
+
+
+def database_for(settings: Settings, *, owns_embedded: bool = True) -> Database:
+    """The database the settings describe; operator verbs pass owns_embedded=False."""
+    db = settings.database
+    return Database(
+        url=db.url.reveal() if db.url is not None else None,
+        data_dir=settings.state_dir / "postgres",
+        min_size=db.pool_min_size if owns_embedded else 0,
+        max_size=db.pool_max_size if owns_embedded else 2,
+        connect_timeout=db.connect_timeout, statement_timeout=db.statement_timeout,
+        owns_embedded=owns_embedded)
