@@ -9,6 +9,7 @@ recent call last), because that is the form an operator reads fastest in a termi
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -64,7 +65,8 @@ def add_events_verbs(verbs: argparse._SubParsersAction,
         description="Show one issue: title, culprit, level, status, counts, first and last "
                     "seen, the latest event's stack trace (most recent call last) and its "
                     "latest events.")
-    show.add_argument("id", metavar="ID", type=int, help="issue ID")
+    show.add_argument("id", metavar="ID", type=_issue_ref,
+                      help="issue ID or short ID (SHOP-12)")
     show.add_argument("--events", type=int, default=10, metavar="N",
                       help="how many of the latest events to show (default: 10)")
     show.add_argument("--json", action="store_true",
@@ -77,7 +79,8 @@ def add_events_verbs(verbs: argparse._SubParsersAction,
             ("reopen", "unresolved", "mark a resolved or ignored issue unresolved")):
         change = issue_verbs.add_parser(verb, parents=[common], help=text,
                                         description=text[0].upper() + text[1:] + ".")
-        change.add_argument("id", metavar="ID", type=int, help="issue ID")
+        change.add_argument("id", metavar="ID", type=_issue_ref,
+                            help="issue ID or short ID (SHOP-12)")
         change.add_argument("--json", action="store_true", help="print the issue as JSON")
         change.set_defaults(func=cmd_issues_status, status=status)
 
@@ -144,16 +147,34 @@ def cmd_issues_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     shown = [{**row, "status": _status(row), "last_seen": _when(row["last_seen"])}
              for row in rows]
-    print_table(shown, ["id", "level", "status", "count", "last_seen", "project", "title"])
+    print_table(shown, ["id", "short_id", "level", "status", "count", "last_seen", "project",
+                        "title"])
     if len(rows) == args.limit:
         sys.stderr.write(f"(showing the first {args.limit}; --limit N shows more)\n")
     return EXIT_OK
 
 
+_REF = re.compile(r"\d{1,19}|[A-Za-z0-9][A-Za-z0-9_-]{0,63}-\d{1,18}")
+
+
+def _issue_ref(text: str) -> str:
+    if not _REF.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an issue ID or short ID "
+                                         "(SHOP-12)")
+    return text
+
+
+async def _named(pool: asyncpg.Pool, text: str) -> int:
+    """The issue id `text` names (an id or a short id); 0, which no issue has, if none."""
+    return await queries.issue_id_for(pool, text) or 0
+
+
 def cmd_issues_show(args: argparse.Namespace) -> int:
+    async def work(pool: asyncpg.Pool) -> dict[str, Any] | None:
+        return await queries.get_issue(pool, await _named(pool, args.id), events=args.events)
+
     try:
-        issue = with_database(args, lambda pool: queries.get_issue(
-            pool, args.id, events=args.events))
+        issue = with_database(args, work)
     except queries.QueryError as err:
         return _fail(str(err), EXIT_USAGE)
     if issue is None:
@@ -162,7 +183,7 @@ def cmd_issues_show(args: argparse.Namespace) -> int:
         print_json(issue)
         return EXIT_OK
     out = sys.stdout
-    out.write(f"#{issue['id']} {issue['title']}\n\n")
+    out.write(f"{issue['short_id'] or '#' + str(issue['id'])} {issue['title']}\n\n")
     status = issue["status"] + (" (regressed)" if issue["regressed"] else "")
     details = [("project", f"{issue['project']} (id {issue['project_id']})"),
                ("culprit", issue["culprit"] or "-"), ("level", issue["level"]),
@@ -215,8 +236,10 @@ def format_trace(exceptions: list[dict[str, Any]]) -> str:
 
 
 def cmd_issues_status(args: argparse.Namespace) -> int:
-    issue = with_database(args, lambda pool: issue_status.set_status(pool, args.id,
-                                                                     args.status))
+    async def work(pool: asyncpg.Pool) -> dict[str, Any] | None:
+        return await issue_status.set_status(pool, await _named(pool, args.id), args.status)
+
+    issue = with_database(args, work)
     if issue is None:
         return _fail(f"no issue with id {args.id}", EXIT_FAILURE)
     if args.json:

@@ -131,9 +131,10 @@ async def test_issues_list(db: Database, config: Path) -> None:
     assert [issue["id"] for issue in orjson.loads(ok(filtered))] == [i["busy"]]
     assert [issue["id"] for issue in orjson.loads(ok(by_count))] == [i["busy"]]
     header, *rows = ok(text).splitlines()
-    assert header.split() == ["ID", "LEVEL", "STATUS", "COUNT", "LAST_SEEN", "PROJECT",
-                              "TITLE"]
-    assert rows[2].split()[:4] == [str(i["busy"]), "error", "unresolved", "3"]
+    assert header.split() == ["ID", "SHORT_ID", "LEVEL", "STATUS", "COUNT", "LAST_SEEN",
+                              "PROJECT", "TITLE"]
+    # One batch numbers its new issues in the order it inserts them (by fingerprint).
+    assert rows[2].split()[:5] == [str(i["busy"]), "APP-1", "error", "unresolved", "3"]
     assert rows[2].endswith("app      ZeroDivisionError: division by zero")
     assert unknown == (1, "", "egen: project: no project named 'nope'\n")
     assert too_many == (2, "", "egen: limit: must be between 1 and 1000\n")
@@ -150,15 +151,17 @@ async def test_issues_show(db: Database, config: Path) -> None:
     issue_id = await db.pool.fetchval("SELECT id FROM issues")
     await db.pool.execute("UPDATE issues SET status = 'resolved', resolved_at = now()")
     await store(db, stored[2])
-    text, as_json, one, missing, negative = await asyncio.gather(
+    text, as_json, one, missing, negative, by_short_id = await asyncio.gather(
         egen(config, "issues", "show", str(issue_id)),
         egen(config, "issues", "show", str(issue_id), "--json"),
         egen(config, "issues", "show", str(issue_id), "--json", "--events", "1"),
         egen(config, "issues", "show", "999"),
-        egen(config, "issues", "show", str(issue_id), "--events", "-1"))
+        egen(config, "issues", "show", str(issue_id), "--events", "-1"),
+        egen(config, "issues", "show", "app-1"))
     out = ok(text)
+    assert ok(by_short_id) == out
     blocks = out.split("\n\n")
-    assert blocks[0] == f"#{issue_id} LookupFailed: no user"
+    assert blocks[0] == "APP-1 LookupFailed: no user"
     details = {key: value.strip() for key, value in
                (line.split(":", 1) for line in blocks[1].splitlines())}
     for seen in (details.pop("first seen"), details.pop("last seen")):
@@ -206,7 +209,7 @@ async def test_issue_status_verbs(db: Database, config: Path) -> None:
     assert await egen(config, "issues", "ignore", "4242") == (
         1, "", "egen: no issue with id 4242\n")
     rc, _, err = await egen(config, "issues", "reopen", "x")
-    assert rc == 2 and "invalid int value: 'x'" in err
+    assert rc == 2 and "'x' is not an issue ID or short ID (SHOP-12)" in err
 
 
 # -- projects -------------------------------------------------------------------------------

@@ -184,9 +184,16 @@ async def test_one_issue_with_events_and_trace(db: Database,
     assert await call(api, "GET", "/api/v1/issues/424242") == (
         404, {"detail": "no issue with id 424242"})
     assert await call(api, "GET", "/api/v1/issues/abc") == (
-        400, {"detail": "id: not an integer: 'abc'"})
+        400, {"detail": "id: not an issue id or short id (SHOP-12): 'abc'"})
     assert await call(api, "GET", f"/api/v1/issues/{'9' * 30}") == (
-        400, {"detail": f"id: not an integer: '{'9' * 30}'"})
+        400, {"detail": f"id: not an issue id or short id (SHOP-12): '{'9' * 30}'"})
+    # The short id people say names the same issue, in any case.
+    assert issue["short_id"] == "APP-1"
+    for name in ("APP-1", "app-1"):
+        status, same = await call(api, "GET", f"/api/v1/issues/{name}?events=0")
+        assert (status, same["id"]) == (200, issue_id), name
+    assert await call(api, "GET", "/api/v1/issues/APP-2") == (
+        404, {"detail": "no issue 'APP-2'"})
     assert await call(api, "GET", f"/api/v1/issues/{2**63}") == (
         404, {"detail": f"no issue with id {2**63}"})
 
@@ -202,7 +209,9 @@ async def test_status_changes(db: Database, api: aiohttp.ClientSession) -> None:
     assert await call(api, "POST", "/api/v1/issues/77/resolve") == (
         404, {"detail": "no issue with id 77"})
     assert await call(api, "POST", "/api/v1/issues/x/ignore") == (
-        400, {"detail": "id: not an integer: 'x'"})
+        400, {"detail": "id: not an issue id or short id (SHOP-12): 'x'"})
+    code, issue = await call(api, "POST", "/api/v1/issues/APP-1/resolve")
+    assert (code, issue["id"], issue["status"]) == (200, issue_id, "resolved")
     async with api.get(f"/api/v1/issues/{issue_id}/resolve", headers=AUTH) as response:
         assert response.status == 405
 

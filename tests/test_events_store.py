@@ -208,3 +208,38 @@ async def test_retention_creates_tomorrows_partition(db: Database) -> None:
     await enforce(db.pool, parts.Partitions(), IngestSettings(), now=now)
     days = await parts.existing_days(db.pool)
     assert {now.date(), (now + timedelta(days=1)).date()} <= days
+
+
+async def short_ids(db: Database) -> dict[tuple[int, str], int]:
+    rows = await db.pool.fetch("SELECT project_id, fingerprint, short_id FROM issues")
+    return {(r["project_id"], r["fingerprint"]): r["short_id"] for r in rows}
+
+
+async def test_issues_are_numbered_per_project_without_gaps(db: Database) -> None:
+    """The upsert skips id sequence values each time it finds an issue already there;
+    the numbers people see do not."""
+    for batch in ([event("a"), event("a"), event("b")], [event("a"), event("b")],
+                  [event("c"), event("a", project=2)], [event("c"), event("d")]):
+        await write_batch(db.pool, parts.Partitions(), batch)
+    ids = [r["id"] for r in await db.pool.fetch("SELECT id FROM issues ORDER BY id")]
+    assert ids != list(range(1, len(ids) + 1))          # the gaps this is about
+    assert await short_ids(db) == {(1, "a"): 1, (1, "b"): 2, (1, "c"): 3, (1, "d"): 4,
+                                   (2, "a"): 1}
+    assert await db.pool.fetchval("SELECT issue_counter FROM projects WHERE id = 1") == 4
+
+
+async def test_concurrent_writers_number_new_issues_once_each(db: Database) -> None:
+    batches = [[event(f"bug{(i * 7 + n) % 30}") for n in range(10)] for i in range(8)]
+    nodes = [parts.Partitions(), parts.Partitions()]
+    await asyncio.gather(*(write_batch(db.pool, nodes[i % 2], batch)
+                           for i, batch in enumerate(batches)))
+    numbers = sorted((await short_ids(db)).values())
+    assert numbers == list(range(1, len(numbers) + 1))
+
+
+async def test_an_issue_left_unnumbered_is_numbered_by_the_next_batch(db: Database) -> None:
+    await write_batch(db.pool, parts.Partitions(), [event("a"), event("b")])
+    await db.pool.execute("UPDATE issues SET short_id = NULL WHERE fingerprint = 'b'")
+    await db.pool.execute("UPDATE projects SET issue_counter = 1 WHERE id = 1")
+    await write_batch(db.pool, parts.Partitions(), [event("c")])
+    assert sorted((await short_ids(db)).values()) == [1, 2, 3]

@@ -228,6 +228,16 @@ async def test_the_issue_page_shows_counts_releases_tags_and_the_latest_event(ap
                    "solarized-7"):
         assert secret not in text, secret
     assert "sessionid" in text and "theme" in text                # which cookies, not values
+    # The short id people say leads to the page, and the page and the list show it.
+    assert 'class="short-id"' in page and ">APP-1<" in page
+    async with browser(app) as client:
+        for said in ("APP-1", "app-1"):
+            status, headers, _ = await client.get(f"/issues/{said}")
+            assert (status, headers["Location"]) == (302, f"/issues/{issue['id']}")
+        status, _, missing = await client.get("/issues/APP-2")
+        listed = await page_of(client, "/issues")
+    assert status == 404 and "No such issue" in missing
+    assert ">APP-1<" in listed
 
 
 async def test_resolved_in_next_release_reopens_only_on_a_newer_release(app: App) -> None:

@@ -62,11 +62,18 @@ def _time(text: str | None) -> datetime | None:
         raise HttpError(400, f"until: not an ISO 8601 time: {text!r}") from None
 
 
-def _issue_id(request: web.Request) -> int:
+async def _issue_id(pool: asyncpg.Pool, request: web.Request) -> int:
+    """The issue the path names by id or short id (SHOP-12); 404 for a short id that
+    names none."""
     text = request.match_info["id"]
-    if not _INTEGER.fullmatch(text):
-        raise HttpError(400, f"id: not an integer: {text!r}")
-    return int(text)
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    issue_id = await queries.issue_id_for(pool, text)
+    if issue_id is None:
+        raise HttpError(404 if "-" in text else 400,
+                        f"no issue {text!r}" if "-" in text
+                        else f"id: not an issue id or short id (SHOP-12): {text!r}")
+    return issue_id
 
 
 class OperatorApi:
@@ -134,7 +141,7 @@ class OperatorApi:
                 "next": issue_list.encode_cursor(issues[-1], sort) if more else None}
 
     async def _get_issue(self, request: web.Request) -> dict[str, Any]:
-        issue_id = _issue_id(request)
+        issue_id = await _issue_id(self._pool(), request)
         events = _int(request, "events", 10)
         issue = await queries.get_issue(self._pool(), issue_id, events=events)
         if issue is None:
@@ -143,7 +150,7 @@ class OperatorApi:
 
     def _status_setter(self, status: str) -> Work:
         async def set_status(request: web.Request) -> dict[str, Any]:
-            issue_id = _issue_id(request)
+            issue_id = await _issue_id(self._pool(), request)
             q = request.query
             in_release = q.get("in")
             if in_release not in (None, "", "next_release"):

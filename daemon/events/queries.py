@@ -41,7 +41,7 @@ _ISSUE_COLUMNS = """
 SELECT i.id, p.name AS project, i.project_id, i.title, i.culprit, i.level, i.status,
        i.event_count, i.user_count, i.first_seen, i.last_seen, i.resolved_at,
        i.regressed_at, i.environment, i.release, i.first_release, i.resolved_in_release,
-       i.ignore_until, i.ignore_until_count, i.last_event_id"""
+       i.ignore_until, i.ignore_until_count, i.last_event_id, i.short_id"""
 _ISSUE = _ISSUE_COLUMNS + """
   FROM issues i JOIN projects p ON p.id = i.project_id
 """
@@ -51,9 +51,34 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.astimezone(UTC).isoformat()
 
 
+def short_id(project: str, number: int | None) -> str | None:
+    """What people call an issue: its project's name in capitals and its number there
+    (SHOP-12), as Sentry does."""
+    return None if number is None else f"{project.upper()}-{number}"
+
+
+_SHORT_ID = re.compile(r"(?P<project>[A-Za-z0-9][A-Za-z0-9_-]{0,63})-(?P<number>\d{1,18})")
+
+
+async def issue_id_for(pool: Db, text: str) -> int | None:
+    """The issue an id or short id names ('123' or 'SHOP-12', any case); None if none.
+    A project name may hold '-', so 'MY-SHOP-3' is project my-shop, issue 3."""
+    text = text.strip()
+    if text.isdigit() and len(text) <= 19:
+        return int(text)
+    found = _SHORT_ID.fullmatch(text)
+    if found is None:
+        return None
+    return await pool.fetchval(
+        "SELECT i.id FROM issues i JOIN projects p ON p.id = i.project_id "
+        "WHERE p.name = lower($1) AND i.short_id = $2", found["project"],
+        int(found["number"]))
+
+
 def _issue(row: asyncpg.Record) -> dict[str, Any]:
     return {
-        "id": row["id"], "project": row["project"], "project_id": row["project_id"],
+        "id": row["id"], "short_id": short_id(row["project"], row["short_id"]),
+        "project": row["project"], "project_id": row["project_id"],
         "title": row["title"], "culprit": row["culprit"], "level": row["level"],
         "status": row["status"], "count": row["event_count"], "users": row["user_count"],
         "first_seen": _iso(row["first_seen"]), "last_seen": _iso(row["last_seen"]),

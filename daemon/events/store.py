@@ -192,6 +192,24 @@ UPDATE issues SET user_count = user_count + x.n
   FROM unnest($1::bigint[], $2::bigint[]) AS x(id, n) WHERE issues.id = x.id
 """
 
+# The issues a batch created take the next numbers of their project's counter (the
+# project row's lock orders concurrent batches); any a failed batch left unnumbered
+# are numbered along.
+_NUMBER = """
+WITH new AS (
+    SELECT id, project_id, row_number() OVER (PARTITION BY project_id ORDER BY id) AS n
+      FROM issues WHERE project_id = ANY($1::int[]) AND short_id IS NULL
+), bumped AS (
+    UPDATE projects p SET issue_counter = p.issue_counter + c.n
+      FROM (SELECT project_id, count(*) AS n FROM new GROUP BY 1) c
+     WHERE p.id = c.project_id
+    RETURNING p.id, p.issue_counter - c.n AS base
+)
+UPDATE issues i SET short_id = b.base + new.n
+  FROM new JOIN bumped b ON b.id = new.project_id
+ WHERE i.id = new.id
+"""
+
 
 class MissingPartition(Exception):
     """A day partition vanished under this node; the batch is retried, not skipped."""
@@ -255,6 +273,9 @@ async def write_batch(pool: asyncpg.Pool, partitions: Partitions,
             users = [(r["id"], r["new_users"]) for r in issues if r["new_users"]]
             if users:
                 await conn.execute(_ADD_USERS, [i for i, _ in users], [n for _, n in users])
+            created = sorted({r["project_id"] for r in issues if r["created"]})
+            if created:
+                await conn.execute(_NUMBER, created)
     new = issues[0]["new_events"] if issues else 0
     return new, [IssueChange(r["id"], r["project_id"], r["title"], r["level"],
                              r["event_count"], r["created"], r["regressed"]) for r in issues]

@@ -116,6 +116,11 @@ class IssuePages:
     async def issue_page(self, request: web.Request) -> web.StreamResponse:
         issue_id = _issue_id(request)
         pool = self._pool()
+        if issue_id is None and len(request.match_info["id"]) <= 90:
+            # A short id (SHOP-12) someone typed or said: the page lives at its id.
+            found = await queries.issue_id_for(pool, request.match_info["id"])
+            if found is not None:
+                return redirect(request, f"/issues/{found}", status=302)
         issue = await queries.get_issue(pool, issue_id, events=1) if issue_id else None
         if issue is None:
             return error_page(request, 404, "No such issue",
