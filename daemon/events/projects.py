@@ -9,8 +9,6 @@ waits for Postgres: while it is away, the last list read stays in force.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from daemon.db.pool import DatabaseError
+from daemon.db.refresher import Refresher
 from daemon.events.settings import ProjectSettings, check_key, check_name
 from daemon.logs import fields, get_logger
 from daemon.typedtoml import Invalid
@@ -137,12 +136,10 @@ class ProjectRegistry:
                  *, refresh_every: float = 5.0) -> None:
         self._configured = configured
         self._pool = pool
-        self.refresh_every = refresh_every
         # Until the database answers, the config's projects are open.
         self.by_id: dict[int, Project] = {p.id: from_settings(p) for p in configured}
         self.by_key: dict[str, Project] = _keys_of(self.by_id)
-        self._task: asyncio.Task[None] | None = None
-        self._failing = False
+        self._refresher = Refresher("projects", self.refresh, every=refresh_every)
 
     def get(self, project_id: int) -> Project | None:
         return self.by_id.get(project_id)
@@ -153,13 +150,10 @@ class ProjectRegistry:
     async def start(self) -> None:
         await sync_config(self._pool(), self._configured)
         await self.refresh()
-        self._task = asyncio.create_task(self._loop(), name="projects-refresh")
+        self._refresher.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._refresher.stop()
 
     async def reload(self, settings: Settings) -> None:
         """SIGHUP: the config's projects as they are now (a key removed from egen.toml
@@ -176,25 +170,6 @@ class ProjectRegistry:
     async def refresh(self) -> None:
         self.by_id = await load_all(self._pool())
         self.by_key = _keys_of(self.by_id)
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_every)
-            try:
-                await self.refresh()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
-                    TimeoutError) as err:
-                if not self._failing:
-                    log.warning("cannot refresh projects; keeping the last list",
-                                extra=fields(error=f"{type(err).__name__}: {err}"))
-                self._failing = True
-                continue
-            except Exception:       # a bug: say so, and keep refreshing
-                log.exception("cannot refresh projects; keeping the last list")
-                continue
-            if self._failing:
-                log.info("projects refreshed again")
-                self._failing = False
 
 
 async def add_key(pool: asyncpg.Pool, project_id: int, key: str | None = None) -> str:
