@@ -38,7 +38,7 @@ _TOLERATED_DEFECTS = (
 )
 _PROTOCOLS = frozenset(
     f"{base}{suffix}" for base in ("SMTP", "ESMTP", "UTF8SMTP") for suffix in ("", "S", "A", "SA")
-    if not (base == "SMTP" and suffix))
+    if not (base == "SMTP" and suffix)) | {"HTTP", "HTTPS"}   # the send API
 
 
 class MessageRejected(Exception):

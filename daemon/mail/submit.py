@@ -55,10 +55,19 @@ class DsnRequest:
     orcpt: tuple[str | None, ...] = ()
 
 
-async def sign_and_queue(ctx: IntakeContext, *, queue_id: str, sender: str,
-                         recipients: Sequence[str], prepared: PreparedMessage, origin: Origin,
-                         now: float, dsn: DsnRequest | None = None) -> queue_record.Envelope:
-    """Durable when it returns; raises Refused (nothing stored) otherwise."""
+@dataclass(frozen=True)
+class Signed:
+    """A message signed and ready for the journal, with its queue record."""
+
+    record: queue_record.Envelope
+    message: bytes
+    origin: Origin
+
+
+async def sign(ctx: IntakeContext, *, queue_id: str, sender: str, recipients: Sequence[str],
+               prepared: PreparedMessage, origin: Origin, now: float,
+               dsn: DsnRequest | None = None) -> Signed:
+    """DKIM signatures on top and the queue record; raises Refused."""
     signer = ctx.keyring.signer_for(prepared.from_domain)
     if signer is None and ctx.refuse_unsigned:
         raise Refused("no_dkim_key", f"550 5.7.1 No DKIM key for {prepared.from_domain}; "
@@ -83,23 +92,41 @@ async def sign_and_queue(ctx: IntakeContext, *, queue_id: str, sender: str,
         message_id=prepared.message_id, signed_by=signed_by(signatures), size=len(message),
         dsn_ret=dsn.ret if dsn else None, dsn_envid=dsn.envid if dsn else None,
         dsn_notify=dsn.notify if dsn else (), dsn_orcpt=dsn.orcpt if dsn else ())
+    return Signed(record, message, origin)
+
+
+async def queue(ctx: IntakeContext, signed: Sequence[Signed]) -> None:
+    """Durable when it returns, all of `signed` or (raising Refused) none of it."""
     try:
-        await ctx.journal.append(queue_record.encode(record, message))
+        await ctx.journal.append_many([queue_record.encode(s.record, s.message)
+                                       for s in signed])
     except JournalFull:
         raise Refused("queue_full", "451 4.3.0 Queue full; try again later") from None
     except JournalError as err:
-        log.error("journal append failed", extra=fields(queue_id=queue_id, error=str(err)))
+        log.error("journal append failed", extra=fields(
+            queue_id=",".join(s.record.queue_id for s in signed), error=str(err)))
         raise Refused("journal_error", "451 4.3.0 Temporary local problem; try again "
                       "later") from None
-    ctx.metrics.messages.labels("accepted", "").inc()
-    ctx.metrics.recipients.inc(len(record.recipients))
-    ctx.metrics.bytes.inc(len(message))
-    maillog.info("accepted", extra=fields(
-        queue_id=queue_id, sender=record.sender or "<>", nrcpt=len(record.recipients),
-        size=record.size, client=origin.client_ip, user=record.auth_user or "-",
-        tls=origin.tls or "none", message_id=record.message_id,
-        dkim=";".join(record.signed_by) or "none"))
-    return record
+    for item in signed:
+        record, origin = item.record, item.origin
+        ctx.metrics.messages.labels("accepted", "").inc()
+        ctx.metrics.recipients.inc(len(record.recipients))
+        ctx.metrics.bytes.inc(len(item.message))
+        maillog.info("accepted", extra=fields(
+            queue_id=record.queue_id, sender=record.sender or "<>",
+            nrcpt=len(record.recipients), size=record.size, client=origin.client_ip,
+            user=record.auth_user or "-", tls=origin.tls or "none",
+            message_id=record.message_id, dkim=";".join(record.signed_by) or "none"))
+
+
+async def sign_and_queue(ctx: IntakeContext, *, queue_id: str, sender: str,
+                         recipients: Sequence[str], prepared: PreparedMessage, origin: Origin,
+                         now: float, dsn: DsnRequest | None = None) -> queue_record.Envelope:
+    """Durable when it returns; raises Refused (nothing stored) otherwise."""
+    signed = await sign(ctx, queue_id=queue_id, sender=sender, recipients=recipients,
+                        prepared=prepared, origin=origin, now=now, dsn=dsn)
+    await queue(ctx, [signed])
+    return signed.record
 
 
 async def submit_local(ctx: IntakeContext, *, sender: str, recipients: Sequence[str],
