@@ -1,6 +1,6 @@
 """Operator verbs for the mail relay's credentials and keys: `egen user hash-password`,
-`egen dkim keygen`, `egen dkim record`. Parsing and printing only; the work is in
-daemon.mail.passwords and daemon.mail.dkimkeys."""
+`egen user api-key` (in daemon.cli_api_keys), `egen dkim keygen`, `egen dkim record`.
+Parsing and printing only; the work is in daemon.mail.passwords and daemon.mail.dkimkeys."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from daemon.cli_api_keys import add_api_key_verbs
 from daemon.cli_output import print_json
 from daemon.config import load, resolve_path
 
@@ -27,6 +28,7 @@ def add_mail_verbs(verbs: argparse._SubParsersAction, common: argparse.ArgumentP
         description="Read a password (prompted twice, or one line on stdin when it is not "
                     "a terminal) and print its scrypt hash for password_hash in egen.toml.")
     hashing.set_defaults(func=cmd_hash_password)
+    add_api_key_verbs(user_verbs, common)
 
     dkim = verbs.add_parser("dkim", help="DKIM keys and records",
                             description="DKIM keys and their DNS records.")
