@@ -34,8 +34,10 @@ from daemon.events.store import event_store
 from daemon.events.udp import UdpIngest
 from daemon.journal import Journal, JournalMetrics, Record
 from daemon.logs import fields, get_logger, setup_logging
+from daemon.mail.api_keys import ApiKeyRegistry
 from daemon.mail.delivery import DeliveryWorker
 from daemon.mail.flusher import mail_store
+from daemon.mail.http_send import SendApi
 from daemon.mail.notify import Notifier
 from daemon.mail.server import SmtpServer
 from daemon.metrics import new_registry
@@ -177,6 +179,8 @@ class App:
                          listen=lambda: (self.http.addresses or settings.http.listen)[0],
                          projects_changed=self.projects.refresh)
         self.web.mount(self.http.app)
+        self.api_keys = ApiKeyRegistry(lambda: self.database.db.pool)
+        SendApi(self.api_keys, lambda: self.smtp.context, self.registry).mount(self.http.app)
         self.udp = UdpIngest(list(settings.ingest.udp), self.ingestor, self.projects,
                              self.registry, tcp=list(settings.ingest.tcp))
         self.http.add_readiness_check("database", self.database.readiness)
@@ -188,6 +192,7 @@ class App:
         # Order matters: storage first, listeners last, so nothing is accepted that
         # cannot be made durable; stop() walks it backwards.
         self.components: list[Component] = [self.database, self.journals, self.projects,
+                                             self.api_keys,
                                              self.web, self.relay_reports, self.mail_flusher,
                                              self.events_flusher, self.retention, self.smtp,
                                              self.alerts, self.delivery, self.udp, self.http]

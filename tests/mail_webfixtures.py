@@ -20,13 +20,13 @@ def message(subject: str, to: str = "ops@example.org") -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def mail_web_app(tmp_path: Path, pg_url: str, *, delivery: str = ""
+async def mail_web_app(tmp_path: Path, pg_url: str, *, delivery: str = "", smtp: str = ""
                        ) -> AsyncIterator[tuple[App, Sink]]:
     sink = Sink("127.0.0.1")
     await sink.start()
     routes = (f'[[routes]]\ndomains = ["*"]\ntransport = "smarthost"\nhost = "127.0.0.1"\n'
               f'port = {sink.port}\ntls = "none"\n')
-    settings = mail_config(tmp_path, pg_url, routes=routes, extra=f"[web]\n{WEB_USERS}",
+    settings = mail_config(tmp_path, pg_url, routes=routes, smtp=smtp, extra=f"[web]\n{WEB_USERS}",
                            delivery='poll_interval = "100ms"\n' + delivery)
     try:
         async with started_app(settings) as app:
