@@ -23,8 +23,7 @@ def add_api_key_verbs(user_verbs: argparse._SubParsersAction,
     add = verbs.add_parser(
         "add", parents=[common], help="make a key for a user and print it once",
         description="Make a key for the SMTP user NAME of [smtp.users] and print it; it is "
-                    "not shown again (only a hash is kept). Running daemons take it up "
-                    "within 5 seconds.")
+                    "not shown again (only a hash is kept). It works at once.")
     add.add_argument("name", metavar="NAME", help="the user in [smtp.users.NAME]")
     add.add_argument("--label", default="", help="what the key is for, shown by list")
     add.add_argument("--json", action="store_true", help="print JSON")

@@ -1,6 +1,10 @@
 """Keys for the HTTP send API: made and removed with `egen user api-key`, kept in
 Postgres, and held in memory by each node so that sending never waits for the database.
 
+A key made after the last refresh is looked up once by its id, so a key works the moment
+`add` prints it; ids found missing are remembered until the next refresh, so wrong keys
+cost the database one indexed read per id and refresh, not one per request.
+
 A key belongs to an SMTP user of egen.toml and carries nothing of its own: the user's
 allowed senders and rate limit apply to it, as to that user's SMTP logins. A user taken
 out of egen.toml takes its keys' power with it, without deleting their rows.
@@ -8,21 +12,30 @@ out of egen.toml takes its keys' power with it, without deleting their rows.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
 import secrets
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
-from daemon.db.refresher import Refresher
+from daemon.db.refresher import TRANSIENT, Refresher
 
 PREFIX = "EG"
 _ID = re.compile(r"[A-Za-z0-9_-]{16}")
+_ID_ALPHABET = string.ascii_letters + string.digits
 MAX_LABEL = 200
+MAX_ABSENT = 10_000          # ids remembered as missing between two refreshes
+LOOKUP_TIMEOUT = 2.0
+
+
+class KeysUnavailable(Exception):
+    """A key not in this node's copy, and the database cannot be asked about it now."""
 
 
 @dataclass(frozen=True)
@@ -52,10 +65,9 @@ def split(token: str) -> tuple[str, str] | None:
 
 
 def _new_id() -> str:
-    while True:
-        key_id = secrets.token_urlsafe(12)
-        if _ID.fullmatch(key_id):       # 16 characters; token_urlsafe never adds '='
-            return key_id
+    """Letters and digits only: an id starting with '-' would read as an option in
+    `egen user api-key remove ID`."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
 
 
 async def add_key(pool: asyncpg.Pool, user_name: str, label: str = "") -> tuple[ApiKey, str]:
@@ -95,21 +107,39 @@ class ApiKeyRegistry:
                  ) -> None:
         self._pool = pool
         self.by_id: dict[str, ApiKey] = {}
+        self._absent: set[str] = set()
         self._refresher = Refresher("send API keys", self.refresh, every=refresh_every)
 
-    def user_for(self, token: str) -> str | None:
+    async def user_for(self, token: str) -> str | None:
         """The user a token belongs to, or None; the comparison takes the same time
         however much of the secret is right."""
         parts = split(token)
         if parts is None:
             return None
         key = self.by_id.get(parts[0])
+        if key is None and parts[0] not in self._absent:
+            key = await self._look_up(parts[0])
         if key is None or not hmac.compare_digest(key.secret_sha256, _digest(parts[1])):
             return None
         return key.user_name
 
+    async def _look_up(self, key_id: str) -> ApiKey | None:
+        try:
+            row = await asyncio.wait_for(self._pool().fetchrow(
+                "SELECT * FROM mail_api_keys WHERE id = $1", key_id), LOOKUP_TIMEOUT)
+        except TRANSIENT as err:
+            raise KeysUnavailable(f"{type(err).__name__}: {err}") from None
+        if row is None:
+            if len(self._absent) < MAX_ABSENT:
+                self._absent.add(key_id)
+            return None
+        key = ApiKey(**dict(row))
+        self.by_id = {**self.by_id, key.id: key}
+        return key
+
     async def refresh(self) -> None:
-        self.by_id = {key.id: key for key in await list_keys(self._pool())}
+        keys = {key.id: key for key in await list_keys(self._pool())}
+        self.by_id, self._absent = keys, set()
 
     async def start(self) -> None:
         await self.refresh()
