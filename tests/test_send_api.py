@@ -9,6 +9,7 @@ import asyncio
 import base64
 import email
 import email.policy
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from sendgrid.helpers.mail import (
 )
 
 from daemon.app import App
+from daemon.logs import LogfmtFormatter
 from daemon.mail.api_keys import add_key, remove_key
 from tests.mail_webfixtures import mail_web_app
 from tests.mailfixtures import dns_of, verify_all
@@ -44,7 +46,6 @@ PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40
 async def world(tmp_path: Path, pg_url: str) -> AsyncIterator[tuple[App, Sink, str]]:
     async with mail_web_app(tmp_path, pg_url) as (app, sink):
         _, token = await add_key(app.database.db.pool, "app", "tests")
-        await app.api_keys.refresh()
         yield app, sink, token
 
 
@@ -184,7 +185,6 @@ async def test_a_key_of_another_user_sends_with_that_users_senders(
         world: tuple[App, Sink, str]) -> None:
     app, sink, _ = world
     _, alerts = await add_key(app.database.db.pool, "alerts")
-    await app.api_keys.refresh()
     status, _, _ = await post(app, alerts, simple())
     assert status == 403
     status, _, _ = await post(app, alerts, simple(**{"from": {"email": "alerts@example.org"}}))
@@ -254,7 +254,6 @@ async def test_rate_limits_apply_per_message_with_retry_after(tmp_path: Path,
     async with mail_web_app(tmp_path, pg_url,
                             smtp="rate_per_user = { per_minute = 1, burst = 2 }") as (app, _):
         _, token = await add_key(app.database.db.pool, "app")
-        await app.api_keys.refresh()
         three = simple()
         three["personalizations"] = [{"to": [{"email": f"r{i}@example.org"}]}
                                      for i in range(3)]
@@ -275,7 +274,6 @@ async def test_api_key_verbs_make_a_working_key_list_it_masked_and_revoke_it(
         assert rc == 0 and "it is shown only now" in err, err
         token = out.strip()
         assert token.startswith("EG.") and out.count("\n") == 1
-        await app.api_keys.refresh()
         status, _, _ = await post(app, token, simple())
         assert status == 202
         assert len(await sink.handler.wait_for(1)) == 1
@@ -305,3 +303,18 @@ async def test_bad_api_key_verbs_say_why_and_change_nothing(
         rc, out, err = await egen(tmp_path / "egen.toml", "user", "api-key", *args)
         assert (rc, out) == (1, "") and says in err, err
         assert [dict(r) for r in await pool.fetch("SELECT * FROM mail_api_keys")] == before
+
+
+async def test_categories_and_custom_args_are_logged_with_the_queue_ids_not_mailed(
+        world: tuple[App, Sink, str], caplog: pytest.LogCaptureFixture) -> None:
+    app, sink, token = world
+    caplog.set_level(logging.INFO, logger="egen.maillog")
+    status, headers, _ = await post(app, token, simple(
+        categories=["deploy", "nightly"], custom_args={"ticket": "T-981"}))
+    assert status == 202
+    arrived = (await sink.handler.wait_for(1))[0]
+    assert b"nightly" not in arrived.data and b"T-981" not in arrived.data
+    [line] = [LogfmtFormatter().format(r) for r in caplog.records
+              if r.getMessage() == "api request"]
+    assert f"queue_ids={headers['X-Message-Id']}" in line and "user=app" in line
+    assert "categories=deploy,nightly" in line and '{\\"ticket\\":\\"T-981\\"}' in line

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter
 from daemon.events.http_common import HttpError, read_body
 from daemon.logs import fields, get_logger
 from daemon.mail import envelope as queue_record
-from daemon.mail.api_keys import ApiKeyRegistry
+from daemon.mail.api_keys import ApiKeyRegistry, KeysUnavailable
 from daemon.mail.message import MessageRejected, prepare, received_header
 from daemon.mail.policy import User, check_header_from, check_mail_from
 from daemon.mail.sendgrid_json import each_message, parse
@@ -87,23 +87,27 @@ class SendApi:
 
     async def send(self, request: web.Request) -> web.Response:
         client = request.remote or "unknown"
+        user_name = "-"
         try:
-            status, headers = await self._send(request, client)
+            ctx = self.context()
+            if ctx is None:
+                raise _fail(503, "starting", "egen is starting; try again shortly",
+                            headers={"Retry-After": "5"})
+            user = await self._user(ctx, _bearer(request))
+            user_name = user.name
+            status, headers = await self._send(request, ctx, user, client)
         except SendFailed as failed:
             self.requests.labels(str(failed.status), failed.reason).inc()
             maillog.info("rejected", extra=fields(
-                client=client, via="api", reason=failed.reason, status=failed.status,
+                client=client, via="api", user=user_name, reason=failed.reason,
+                status=failed.status,
                 errors="; ".join(f"{e.field or '-'}: {e.message}" for e in failed.errors)))
             return _answer(failed.status, failed.errors, failed.headers)
         self.requests.labels(str(status), "").inc()
         return web.Response(status=status, headers=headers)
 
-    async def _send(self, request: web.Request, client: str) -> tuple[int, dict[str, str]]:
-        ctx = self.context()
-        if ctx is None:
-            raise _fail(503, "starting", "egen is starting; try again shortly",
-                        headers={"Retry-After": "5"})
-        user = self._user(ctx, _bearer(request))
+    async def _send(self, request: web.Request, ctx: IntakeContext, user: User,
+                    client: str) -> tuple[int, dict[str, str]]:
         kind = request.headers.get("Content-Type", "application/json")
         if kind.partition(";")[0].strip().lower() != "application/json":
             raise _fail(415, "content_type", f"Content-Type must be application/json, not "
@@ -129,10 +133,23 @@ class SendApi:
         except Refused as refused:
             raise self._refusal(refused, None) from None
         ids = [s.record.queue_id for s in signed]
+        # Not part of the mail (SendGrid hands them to its event webhooks), but an
+        # application's own bookkeeping: kept in the log next to the queue ids.
+        noted = {"client": client, "user": user.name, "queue_ids": ",".join(ids)}
+        if parsed.categories:
+            noted["categories"] = ",".join(parsed.categories)
+        if parsed.custom_args:
+            noted["custom_args"] = orjson.dumps(parsed.custom_args).decode()
+        maillog.info("api request", extra=fields(**noted))
         return 202, {"X-Message-Id": ids[0], "X-Egen-Queue-Ids": ",".join(ids)}
 
-    def _user(self, ctx: IntakeContext, token: str) -> User:
-        name = self.keys.user_for(token)
+    async def _user(self, ctx: IntakeContext, token: str) -> User:
+        try:
+            name = await self.keys.user_for(token)
+        except KeysUnavailable:
+            raise _fail(503, "keys_unavailable", "the key is new to this node and the "
+                        "database cannot be asked about it now; try again shortly",
+                        headers={"Retry-After": "5"}) from None
         user = ctx.users.get(name) if name is not None else None
         if user is None:
             # Also when the key's user has been taken out of egen.toml.
