@@ -149,6 +149,18 @@ class IntakeHandler:
             client=self.client_ip(session), reason=reason, reply=reply, **extra))
         return reply
 
+    def bare_newline_refusal(self, session: Session) -> str | None:
+        """None when this client's bare LFs may be read as CRLF, else the refusal.
+
+        A bare LF is where SMTP smuggling starts: "\\n.\\n" ends DATA for some
+        servers and not for others, so a message that carries one means different
+        things to egen and to the next hop."""
+        if self.listener.bare_newline == "normalize" and self.trusted(session):
+            return None
+        return self.reject(session, "bare_newline",
+                           "550 5.5.2 Message contains a bare <LF> (a line end without "
+                           "<CR>); SMTP requires <CR><LF>")
+
     # -- hooks ------------------------------------------------------------------------
 
     async def handle_EHLO(self, server: EgenSMTP, session: Session, envelope: SmtpEnvelope,

@@ -52,6 +52,10 @@ class ListenerSettings:
     allow_plaintext_auth: bool = False
     # Clients must STARTTLS before MAIL (only with tls = "starttls").
     require_tls: bool = False
+    # A bare LF in DATA: "reject" (550 5.5.2, Postfix's smtpd_forbid_bare_newline = yes),
+    # or "normalize" it to CRLF for clients in trusted_networks (old in-house scripts);
+    # everyone else is refused either way.
+    bare_newline: Literal["reject", "normalize"] = "reject"
 
     @property
     def networks(self) -> tuple[Network, ...]:
@@ -67,6 +71,9 @@ class ListenerSettings:
                           "trusted_networks, or nobody could send through it")
         if self.require_tls and self.tls != "starttls":
             raise Invalid("require_tls", 'only meaningful with tls = "starttls"')
+        if self.bare_newline == "normalize" and not self.trusted_networks:
+            raise Invalid("bare_newline", '"normalize" applies to trusted_networks only, '
+                          "and this listener has none")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ smuggling and STARTTLS injection, but leaves these to its users:
   which runs the hash in a thread;
 - it reads DATA one line at a time (slow for large messages, issue #293): `smtp_DATA`
   reads up to each ".\\r\\n" with the stream's own search, enforces SIZE while reading and
-  drops the data of an oversized message instead of keeping it;
+  drops the data of an oversized message instead of keeping it; a bare LF anywhere in
+  the data refuses the message (aiosmtpd keeps it, and `prepare` would turn "\\n.\\n"
+  into a line that ends DATA at the next hop) unless the handler allows normalizing;
 - without `handle_exception` an internal error answers "500 Error: (Class) message",
   which leaks internals and makes senders bounce mail: the handler must implement it.
 """
@@ -47,6 +49,7 @@ _ENHANCED = {
     "553": "5.1.3", "554": "5.7.0", "555": "5.5.4",
 }
 _END = b".\r\n"
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 _Parser = Callable[[str], str]
@@ -281,6 +284,14 @@ class EgenSMTP(SMTP):
             limit = self.data_size_limit
             await self.push(f"552 5.3.4 Message size exceeds the {limit}-byte limit")
             return
+        if content.count(b"\n") != content.count(b"\r\n"):
+            refusal = self.event_handler.bare_newline_refusal(self.session)
+            if refusal is not None:
+                self._set_post_data_state()
+                await self.push(refusal)
+                return
+            content = _BARE_LF.sub(b"\r\n", content)
+        content = _unstuff(content)
         self.envelope.content = content
         self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
@@ -288,7 +299,8 @@ class EgenSMTP(SMTP):
         await self.push("250 2.0.0 OK" if status is MISSING else status)
 
     async def _read_data(self) -> bytes | None:
-        """The dot-unstuffed message, or None (after draining it) when over SIZE.
+        """The message as sent, still dot-stuffed, or None (after draining it) when
+        over SIZE.
 
         Only CRLF "." CRLF ends the data: a bare LF before or after the dot does not,
         which is what keeps SMTP smuggling out.
@@ -329,7 +341,11 @@ class EgenSMTP(SMTP):
             reader._limit = saved  # type: ignore[attr-defined]
         if total > limit:
             return None
-        data = b"".join(parts)
-        if data.startswith(b"."):
-            data = data[1:]
-        return data.replace(b"\r\n.", b"\r\n")
+        return b"".join(parts)
+
+
+def _unstuff(data: bytes) -> bytes:
+    """RFC 5321 4.5.2: the first "." of every line that starts with one goes."""
+    if data.startswith(b"."):
+        data = data[1:]
+    return data.replace(b"\r\n.", b"\r\n")
