@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -394,7 +395,10 @@ def test_url_tag_matches_the_split_url(url: str) -> None:
     from urllib.parse import urlsplit
 
     try:
-        expected = urlsplit(url.strip())._replace(query="", fragment="").geturl() or None
+        urlsplit(url)
     except ValueError:
         expected = None
+    else:
+        without = "".join(c for c in url if c not in "\t\r\n")
+        expected = re.split("[?#]", without, maxsplit=1)[0].strip() or None
     assert tags({"request": {"url": url}}).get("url") == expected

@@ -166,6 +166,9 @@ def _mechanism(event: Event, data: dict[str, Any], tags: dict[str, str]) -> None
         tags["mechanism"] = kind
 
 
+_URL_REMOVED = str.maketrans("", "", "\t\r\n")
+
+
 def _url(data: dict[str, Any]) -> str | None:
     """The request URL without its query and fragment (which may carry tokens)."""
     url = _text(_object(data.get("request")).get("url"), 2048)
@@ -174,10 +177,14 @@ def _url(data: dict[str, Any]) -> str | None:
     if url.isascii() and not any(c in url for c in "?#[]\t\r\n"):
         return truncate(url, MAX_VALUE)
     try:
-        parts = urlsplit(url)
+        urlsplit(url)           # refuses what is no URL, such as an unclosed "[" host
     except ValueError:
         return None
-    return truncate(parts._replace(query="", fragment="").geturl(), MAX_VALUE) or None
+    # Cut from the text rather than rebuilt with geturl(), which drops an empty "//"
+    # authority and would make "//" and "" the same tag; tabs and line ends go as
+    # urlsplit drops them.
+    kept = url.translate(_URL_REMOVED).split("#", 1)[0].split("?", 1)[0].strip()
+    return truncate(kept, MAX_VALUE) or None
 
 
 def user_identity(data: dict[str, Any], client_ip: str | None = None) -> UserIdentity | None:
