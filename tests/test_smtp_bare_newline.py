@@ -13,11 +13,12 @@ from daemon.app import App
 from daemon.config import ConfigError
 from tests.mailfixtures import MAIL_LISTENERS, PASSWORD, mail_config, started_app
 from tests.smtpsink import Sink
-from tests.test_smtp_security import (
+from tests.test_smtp_security import (  # noqa: F401  (_close_dialogs: autouse)
     QUEUED,
     RELAY,
     UNTRUSTED,
     Dialog,
+    _close_dialogs,
     message,
     plain,
     queued,

@@ -554,7 +554,8 @@ async def test_connection_over_the_cap_gets_421(tmp_path: Path, pg_url: str,
         assert await third.rest() == [
             "421 4.7.0 relay.test Too many connections; try again later"]
         await third.close()
-        assert await metric(http_port, "egen_smtp_connections_refused") == 1
+        assert await metric(
+            http_port, r'egen_smtp_connections_refused_total\{reason="max_connections"\}') == 1
         assert await metric(http_port, "egen_smtp_connections") == 2
         # The sessions under the cap are unaffected.
         assert await first.one("NOOP") == "250 2.0.0 OK"

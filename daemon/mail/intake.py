@@ -59,6 +59,17 @@ class IntakeMetrics:
                              registry=registry)
 
 
+def client_address(host: str) -> str:
+    """The address a client is known by: IPv4-mapped IPv6 as plain IPv4."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 @dataclass
 class IntakeContext:
     """What every listener's handler shares; replaced wholesale on SIGHUP."""
@@ -123,14 +134,7 @@ class IntakeHandler:
     @staticmethod
     def _parse_peer(session: Session) -> str:
         peer = session.peer
-        host = peer[0] if isinstance(peer, tuple) else str(peer)
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return host
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            return str(address.ipv4_mapped)
-        return str(address)
+        return client_address(peer[0] if isinstance(peer, tuple) else str(peer))
 
     def trusted(self, session: Session) -> bool:
         known: bool | None = getattr(session, "egen_trusted", None)

@@ -1,6 +1,7 @@
 """The SMTP intake component: one asyncio server per configured listener, all in
-egen's own loop (never aiosmtpd's threaded Controller), with a connection cap, a drain
-on stop, and SIGHUP reload of certificates, users and DKIM keys.
+egen's own loop (never aiosmtpd's threaded Controller), with connection bounds (see
+daemon.mail.smtp_slots), a drain on stop, and SIGHUP reload of certificates, users and
+DKIM keys.
 """
 
 from __future__ import annotations
@@ -11,18 +12,25 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from daemon.config import Settings
 from daemon.journal import Journal
 from daemon.logs import fields, get_logger
 from daemon.mail.dkim import DkimError, DkimKey, KeyRing, generate_key, load_key
 from daemon.mail.dkimkeys import write_private_key
-from daemon.mail.intake import CredentialCache, IntakeContext, IntakeHandler, IntakeMetrics
+from daemon.mail.intake import (
+    CredentialCache,
+    IntakeContext,
+    IntakeHandler,
+    IntakeMetrics,
+    client_address,
+)
 from daemon.mail.passwords import parse_hash
-from daemon.mail.policy import User, parse_sender_pattern
+from daemon.mail.policy import User, in_networks, parse_sender_pattern
 from daemon.mail.ratelimit import FailureLimiter, TokenBucket
 from daemon.mail.settings import ListenerSettings
+from daemon.mail.smtp_slots import ConnectionSlots
 from daemon.mail.smtpd import EgenSMTP
 from daemon.mail.tls import TlsError, ensure_self_signed, load_into, server_context
 from daemon.units import HostPort
@@ -75,17 +83,12 @@ class SmtpServer:
         self.sign_pool = ThreadPoolExecutor(max_workers=sign_threads,
                                             thread_name_prefix="dkim-sign")
         self.credentials = CredentialCache()
-        self.connections = Gauge("egen_smtp_connections", "Open SMTP connections.",
-                                 registry=registry)
-        self.refused = Gauge("egen_smtp_connections_refused",
-                             "Connections refused over smtp.max_connections.",
-                             registry=registry)
+        self.slots = ConnectionSlots(registry)
         self.tls_context: ssl.SSLContext | None = None
         self.context: IntakeContext | None = None
         self.addresses: list[HostPort] = []
         self._servers: list[asyncio.Server] = []
         self._sessions: set[EgenSMTP] = set()
-        self._refused_count = 0
         # One handler per listener (it keeps no per-connection state); rebuilt when a
         # reload brings a new context.
         self._handlers: dict[int, IntakeHandler] = {}
@@ -152,8 +155,7 @@ class SmtpServer:
         assert self.context is not None
         smtp = self.settings.smtp
         if len(self._sessions) >= smtp.max_connections:
-            self._refused_count += 1
-            self.refused.set(self._refused_count)
+            self.slots.refused.labels("max_connections").inc()
             return _Refuse(f"421 4.7.0 {self.settings.hostname} Too many connections; "
                            f"try again later\r\n")
         handler = self._handlers.get(id(listener))
@@ -213,21 +215,60 @@ class SmtpServer:
 
 
 class _TrackedSMTP(EgenSMTP):
-    """Knows its server, so open sessions can be counted, drained and closed."""
+    """Knows its server, so open sessions can be counted, capped per client, drained
+    and closed; and says 421 when it times out, as Postfix does, instead of hanging up
+    without a word."""
 
     def __init__(self, owner: SmtpServer, handler: Any, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.owner = owner
+        self.client: str | None = None       # set once this connection holds a slot
+        self.awaiting_first_command = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.transport is None:
-            self.owner._sessions.add(self)
-            self.owner.connections.set(len(self.owner._sessions))
+        if self.transport is not None:           # the TLS transport after STARTTLS
+            super().connection_made(transport)
+            return
+        owner, smtp = self.owner, self.owner.settings.smtp
+        peer = transport.get_extra_info("peername")
+        client = client_address(peer[0] if isinstance(peer, tuple) else str(peer))
+        handler: IntakeHandler = self.event_handler
+        if not owner.slots.admit(client, limit=smtp.max_connections_per_client,
+                                 exempt=in_networks(client, handler.networks)):
+            log.warning("connection refused", extra=fields(
+                client=client, reason="max_connections_per_client",
+                held=owner.slots.held_by(client)))
+            _Refuse(f"421 4.7.0 {owner.settings.hostname} Too many connections from "
+                    f"{client}; try again later\r\n").connection_made(transport)
+            return
+        self.client = client
+        owner._sessions.add(self)
+        owner.slots.open.set(len(owner._sessions))
         super().connection_made(transport)
+        self._reset_timeout(smtp.first_command_timeout)
+        self.awaiting_first_command = True
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        if duration is None:        # aiosmtpd's reset after each valid command
+            self.awaiting_first_command = False
+        super()._reset_timeout(duration)
+
+    def _timeout_cb(self) -> None:
+        reason = "first_command_timeout" if self.awaiting_first_command else "idle_timeout"
+        self.owner.slots.refused.labels(reason).inc()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(  # type: ignore[attr-defined]
+                f"421 4.4.2 {self.owner.settings.hostname} Error: timeout "
+                "exceeded\r\n".encode())
+        super()._timeout_cb()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self.client is None:         # refused in connection_made: never started
+            return
+        self.owner.slots.release(self.client)
+        self.client = None
         self.owner._sessions.discard(self)
-        self.owner.connections.set(len(self.owner._sessions))
+        self.owner.slots.open.set(len(self.owner._sessions))
         super().connection_lost(error)
 
     async def smtp_DATA(self, arg: str) -> None:

@@ -114,8 +114,13 @@ class SmtpSettings:
     max_message_size: Annotated[int, SIZE] = 25 * 10**6
     max_recipients: int = 100
     max_connections: int = 1000
+    # Per client address; clients in a listener's trusted_networks are exempt.
+    max_connections_per_client: int = 50
     # Idle time allowed between commands before the connection is closed.
     timeout: Annotated[float, DURATION] = 300.0
+    # Time a new connection has to send its first command (a client that wants to send
+    # mail says EHLO at once; one that holds sockets says nothing).
+    first_command_timeout: Annotated[float, DURATION] = 30.0
     # PEM certificate chain and key for tls = starttls/implicit listeners, reloaded on
     # SIGHUP. Without them egen generates a self-signed certificate under
     # <state_dir>/tls (fine for apps that do not verify, never for the public internet).
@@ -130,6 +135,12 @@ class SmtpSettings:
     auth_block: Annotated[float, DURATION] = 300.0
 
     def check(self) -> None:
+        for name in ("max_connections", "max_connections_per_client"):
+            if getattr(self, name) < 1:
+                raise Invalid(name, "must be at least 1")
+        for name in ("timeout", "first_command_timeout"):
+            if getattr(self, name) <= 0:
+                raise Invalid(name, "must be longer than 0s")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise Invalid("tls_key" if self.tls_key is None else "tls_cert",
                           "tls_cert and tls_key go together")

@@ -1,0 +1,45 @@
+"""Who may hold SMTP connections, and for how long before saying anything.
+
+Three bounds, so that one client with a thousand idle sockets cannot keep every other
+client out for `smtp.timeout`: the total (`smtp.max_connections`), a cap per client
+address (`smtp.max_connections_per_client`, 50 as Postfix's
+smtpd_client_connection_count_limit; clients in the listener's trusted_networks are
+exempt, as Postfix exempts $mynetworks), and `smtp.first_command_timeout` for a new
+connection to send its first command. Each refusal is counted by reason.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class ConnectionSlots:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.open = Gauge("egen_smtp_connections", "Open SMTP connections.",
+                          registry=registry)
+        self.refused = Counter(
+            "egen_smtp_connections_refused_total",
+            "SMTP connections refused or closed by a bound: max_connections, "
+            "max_per_client, first_command_timeout, idle_timeout.",
+            ["reason"], registry=registry)
+        self._per_client: collections.Counter[str] = collections.Counter()
+
+    def admit(self, client: str, *, limit: int, exempt: bool) -> bool:
+        """Takes a slot for `client`; False (counted) when it already holds `limit`."""
+        if not exempt and self._per_client[client] >= limit:
+            self.refused.labels("max_per_client").inc()
+            return False
+        self._per_client[client] += 1
+        return True
+
+    def release(self, client: str) -> None:
+        left = self._per_client[client] - 1
+        if left > 0:
+            self._per_client[client] = left
+        else:
+            del self._per_client[client]
+
+    def held_by(self, client: str) -> int:
+        return self._per_client[client]
