@@ -139,8 +139,11 @@ class App:
         self.registry = new_registry()
         self.database = DatabaseComponent(settings)
         self.journals = Journals(settings, JournalMetrics(self.registry))
-        self.http = HttpServer(settings.http.listen, self.registry,
-                               shutdown_grace=settings.http.shutdown_grace)
+        http = settings.http
+        self.http = HttpServer(http.listen, self.registry, shutdown_grace=http.shutdown_grace,
+                               header_timeout=http.header_timeout,
+                               body_timeout=http.body_timeout,
+                               max_connections_per_client=http.max_connections_per_client)
         mail_journal = self.journals.get("mail")
         self.mail_flusher = JournalConsumer(mail_journal, self._store_mail, name="mail",
                                             registry=self.registry)

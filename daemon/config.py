@@ -70,10 +70,20 @@ class JournalSettings:
 class HttpSettings:
     listen: list[HostPort] = field(default_factory=lambda: [HostPort("127.0.0.1", 8800)])
     shutdown_grace: Annotated[float, DURATION] = 5.0
+    # Time a connection has for each request head, and for the body once the head is
+    # in; then 408 and close (see daemon.web.http_bounds).
+    header_timeout: Annotated[float, DURATION] = 10.0
+    body_timeout: Annotated[float, DURATION] = 60.0
+    max_connections_per_client: int = 256
 
     def check(self) -> None:
         if not self.listen:
             raise Invalid("listen", "needs at least one address")
+        for name in ("header_timeout", "body_timeout"):
+            if getattr(self, name) <= 0:
+                raise Invalid(name, "must be longer than 0s")
+        if self.max_connections_per_client < 1:
+            raise Invalid("max_connections_per_client", "must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from daemon.logs import fields, get_logger
 from daemon.metrics import CONTENT_TYPE_LATEST, render
 from daemon.units import HostPort
+from daemon.web.http_bounds import BoundedServer, HttpBounds
 
 log = get_logger("http")
 
@@ -27,9 +28,14 @@ class HttpServer:
     name = "http"
 
     def __init__(self, listen: list[HostPort], registry: CollectorRegistry,
-                 *, shutdown_grace: float = 5.0, check_timeout: float = 3.0) -> None:
+                 *, shutdown_grace: float = 5.0, check_timeout: float = 3.0,
+                 header_timeout: float = 10.0, body_timeout: float = 60.0,
+                 max_connections_per_client: int = 256) -> None:
         self.listen = listen
         self.registry = registry
+        self.bounds = HttpBounds(registry, header_timeout=header_timeout,
+                                 body_timeout=body_timeout,
+                                 max_per_client=max_connections_per_client)
         self.shutdown_grace = shutdown_grace
         self.check_timeout = check_timeout
         self.app = web.Application()
@@ -49,6 +55,9 @@ class HttpServer:
         self._runner = web.AppRunner(self.app, access_log=None, auto_decompress=False,
                                      shutdown_timeout=self.shutdown_grace)
         await self._runner.setup()
+        # The listeners take their protocols from runner.server; see http_bounds.
+        self._runner._server = BoundedServer(  # type: ignore[assignment]
+            self._runner._server, self.bounds)  # type: ignore[arg-type]
         for address in self.listen:
             site = web.TCPSite(self._runner, address.host, address.port, reuse_address=True)
             await site.start()
