@@ -176,8 +176,8 @@ class App:
         SentryEndpoints(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
         NativeEndpoint(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
         GelfHttpEndpoint(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
-        OperatorApi(lambda: self.database.db.pool,
-                    settings.ingest.api_token).mount(self.http.app)
+        OperatorApi(lambda: self.database.db.pool, settings.ingest.api_token,
+                    settings.ingest.api_read_token).mount(self.http.app)
         self.web = WebUi(settings, lambda: self.database.db.pool,
                          listen=lambda: (self.http.addresses or settings.http.listen)[0],
                          projects_changed=self.projects.refresh)

@@ -33,11 +33,12 @@ async def db(pg_url: str, tmp_path: Path) -> AsyncIterator[Database]:
 
 
 @contextlib.asynccontextmanager
-async def listening(pool: Callable[[], asyncpg.Pool], token: str | None = TOKEN
-                    ) -> AsyncIterator[int]:
+async def listening(pool: Callable[[], asyncpg.Pool], token: str | None = TOKEN,
+                    read_token: str | None = None) -> AsyncIterator[int]:
     """The API on a free port of 127.0.0.1 (yielded)."""
     app = web.Application()
-    OperatorApi(pool, Secret(token) if token is not None else None).mount(app)
+    OperatorApi(pool, Secret(token) if token is not None else None,
+                Secret(read_token) if read_token is not None else None).mount(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
@@ -49,10 +50,10 @@ async def listening(pool: Callable[[], asyncpg.Pool], token: str | None = TOKEN
 
 
 @contextlib.asynccontextmanager
-async def serve(pool: Callable[[], asyncpg.Pool], token: str | None = TOKEN
-                ) -> AsyncIterator[aiohttp.ClientSession]:
+async def serve(pool: Callable[[], asyncpg.Pool], token: str | None = TOKEN,
+                read_token: str | None = None) -> AsyncIterator[aiohttp.ClientSession]:
     """The API, and a client session rooted at it."""
-    async with (listening(pool, token) as port,
+    async with (listening(pool, token, read_token) as port,
                 aiohttp.ClientSession(f"http://127.0.0.1:{port}") as client):
         yield client
 
@@ -234,6 +235,28 @@ async def test_projects_and_their_stats(db: Database, api: aiohttp.ClientSession
         assert sum(h["count"] for h in stats["events_per_hour"]) == 5
     assert await call(api, "GET", "/api/v1/projects/nope/stats") == (
         404, {"detail": "project: no project named 'nope'"})
+
+
+async def test_the_read_only_token_reads_with_keys_masked_and_changes_nothing(
+        db: Database) -> None:
+    await seed(db)
+    read = {"Authorization": "Bearer dashboard-only"}
+    async with serve(lambda: db.pool, read_token="dashboard-only") as api:
+        status, body = await call(api, "GET", "/api/v1/projects", read)
+        assert status == 200
+        assert [(p["name"], p["keys"]) for p in body["projects"]] == [
+            ("app", ["appk…"]), ("web", ["webk…"]), ("2", [])]
+        assert "appkey1" not in str(body)
+        status, issues = await call(api, "GET", "/api/v1/issues", read)
+        assert status == 200 and issues["issues"]
+        issue = issues["issues"][0]
+        assert await call(api, "POST", f"/api/v1/issues/{issue['id']}/resolve", read) == (
+            403, {"detail": "the read-only token (ingest.api_read_token) cannot change "
+                            "anything; use ingest.api_token"})
+        assert (await call(api, "GET", f"/api/v1/issues/{issue['id']}", read))[1][
+            "status"] == issue["status"]
+        status, body = await call(api, "GET", "/api/v1/projects")      # the full token
+        assert [p["keys"] for p in body["projects"]][:2] == [["appkey1"], ["webkey1"]]
 
 
 async def test_the_ingest_route_is_left_to_its_own_module(api: aiohttp.ClientSession) -> None:

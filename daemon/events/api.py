@@ -2,7 +2,9 @@
 issues, resolve, ignore or reopen them, and read project totals.
 
 Every call needs `Authorization: Bearer <ingest.api_token>`; without a configured token
-the API answers 403 to everything, so it is never open by accident. Errors are JSON
+the API answers 403 to everything, so it is never open by accident. The token
+`ingest.api_read_token`, for dashboards, may only read, and sees project keys masked: a
+key lets anyone send events into a project, which reading issues does not need. Errors are JSON
 `{"detail": ...}` naming what was wrong, and a database that is away answers 503 (the
 caller may retry) rather than a 500.
 
@@ -42,6 +44,7 @@ _INTEGER = re.compile(r"-?[0-9]{1,20}")
 _STATUS_ACTIONS = {"resolve": "resolved", "ignore": "ignored", "reopen": "unresolved"}
 
 Work = Callable[[web.Request], Awaitable[Any]]
+_FULL_ACCESS = web.RequestKey("egen_api_full_access", bool)
 
 
 def _int(request: web.Request, name: str, default: int) -> int:
@@ -76,10 +79,16 @@ async def _issue_id(pool: asyncpg.Pool, request: web.Request) -> int:
     return issue_id
 
 
+def _masked(key: str) -> str:
+    return f"{key[:4]}…"
+
+
 class OperatorApi:
-    def __init__(self, pool: Callable[[], asyncpg.Pool], token: Secret | None) -> None:
+    def __init__(self, pool: Callable[[], asyncpg.Pool], token: Secret | None,
+                 read_token: Secret | None = None) -> None:
         self._pool = pool
         self._token = token.reveal().encode() if token is not None else None
+        self._read_token = read_token.reveal().encode() if read_token is not None else None
 
     def mount(self, app: web.Application) -> None:
         router = app.router
@@ -92,7 +101,8 @@ class OperatorApi:
         router.add_get(f"{PREFIX}/projects/{{project}}/stats",
                        self._handler(self._project_stats))
 
-    def _authorize(self, request: web.Request) -> None:
+    def _authorize(self, request: web.Request) -> bool:
+        """True for the full token, False for the read-only one; else HttpError."""
         if self._token is None:
             raise HttpError(403, "the operator API is off: set ingest.api_token")
         scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
@@ -101,14 +111,20 @@ class OperatorApi:
             raise HttpError(401, "missing bearer token: send 'Authorization: Bearer "
                                  "<ingest.api_token>'", challenge)
         # aiohttp decodes header bytes that are not UTF-8 as surrogates; undo that.
-        if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
-                                   self._token):
-            raise HttpError(401, "wrong bearer token", challenge)
+        sent = given.strip().encode("utf-8", "surrogateescape")
+        if hmac.compare_digest(sent, self._token):
+            return True
+        if self._read_token is not None and hmac.compare_digest(sent, self._read_token):
+            if request.method not in ("GET", "HEAD"):
+                raise HttpError(403, "the read-only token (ingest.api_read_token) cannot "
+                                     "change anything; use ingest.api_token")
+            return False
+        raise HttpError(401, "wrong bearer token", challenge)
 
     def _handler(self, work: Work) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
             try:
-                self._authorize(request)
+                request[_FULL_ACCESS] = self._authorize(request)
                 return json_response(await work(request))
             except HttpError as err:
                 return error_response(err)
@@ -166,8 +182,12 @@ class OperatorApi:
 
         return set_status
 
-    async def _list_projects(self, _request: web.Request) -> dict[str, Any]:
-        return {"projects": await queries.list_projects(self._pool())}
+    async def _list_projects(self, request: web.Request) -> dict[str, Any]:
+        projects = await queries.list_projects(self._pool())
+        if not request[_FULL_ACCESS]:
+            for project in projects:
+                project["keys"] = [_masked(key) for key in project["keys"]]
+        return {"projects": projects}
 
     async def _project_stats(self, request: web.Request) -> dict[str, Any]:
         project = request.match_info["project"]

@@ -116,6 +116,8 @@ class IngestSettings:
     public_url: str | None = None
     # Bearer token of the operator API (/api/v1/issues…); unset: the API is off.
     api_token: Secret | None = None
+    # A second token that may only read (dashboards): GET calls, project keys masked.
+    api_read_token: Secret | None = None
     # How long events are kept, and how many per issue (issue counts stay exact).
     retention_days: int = 30
     max_events_per_issue: int = 1000
@@ -141,8 +143,16 @@ class IngestSettings:
                                                              self.public_url):
             raise Invalid("public_url", "must be an http:// or https:// URL without "
                                         "credentials, e.g. \"https://errors.example.com\"")
-        if self.api_token is not None and len(self.api_token.reveal()) < 8:
-            raise Invalid("api_token", "must be at least 8 characters long")
+        for name in ("api_token", "api_read_token"):
+            token = getattr(self, name)
+            if token is not None and len(token.reveal()) < 8:
+                raise Invalid(name, "must be at least 8 characters long")
+        if self.api_read_token is not None and self.api_token is None:
+            raise Invalid("api_read_token", "needs ingest.api_token: the API is off "
+                                            "without it")
+        if (self.api_read_token is not None and self.api_token is not None
+                and self.api_read_token.reveal() == self.api_token.reveal()):
+            raise Invalid("api_read_token", "must differ from ingest.api_token")
 
 
 def check_projects(projects: list[ProjectSettings]) -> Iterator[Invalid]:
