@@ -449,7 +449,9 @@ def test_received_header_accepts_utf8_user_and_recipient():
 
 def test_received_rejects_unknown_protocols():
     with pytest.raises(ValueError, match="protocol"):
-        received(protocol="HTTP")
+        received(protocol="FTP")
+    # The send API's mail says how it came (RFC 3848 has no name for it).
+    assert b"with HTTPS" in received(protocol="HTTPS")
 
 
 @pytest.mark.parametrize(("kwargs", "name"), [

@@ -35,8 +35,9 @@ from tests.webfixtures import (
 
 pytestmark = pytest.mark.slow
 
-# Routes that keep their own rules: ingest, the bearer-token API, probes, sign-in, assets.
-OWN_RULES = re.compile(r"^/(\{prefix\})?(api/|gelf$|healthz$|readyz$|metrics$|login$|static(/|$))")
+# Routes that keep their own rules: ingest, the bearer-token APIs, probes, sign-in, assets.
+OWN_RULES = re.compile(r"^/(\{prefix\})?(api/|v3/mail/send$|gelf$|healthz$|readyz$|metrics$"
+                       r"|login$|static(/|$))")
 
 
 async def one_issue(app: App) -> int:
