@@ -8,6 +8,7 @@ No protocol or storage logic lives here: every component has `start()` and `stop
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,7 @@ from daemon.mail.http_send import SendApi
 from daemon.mail.notify import Notifier
 from daemon.mail.server import SmtpServer
 from daemon.metrics import new_registry
+from daemon.reload_scope import changed_keys, effective, needing_restart
 from daemon.web.server import HttpServer
 from daemon.web.ui import WebUi
 
@@ -136,6 +138,7 @@ class App:
         self.last_chance = LAST_CHANCE
         self._stop_requested = asyncio.Event()
         self._reload_hooks: list[Callable[[Settings], Awaitable[None]]] = []
+        self._reloadable: list[str] = ["log"]     # reload() itself sets up logging again
         self.registry = new_registry()
         self.database = DatabaseComponent(settings)
         self.journals = Journals(settings, JournalMetrics(self.registry))
@@ -188,10 +191,11 @@ class App:
                              self.registry, tcp=list(settings.ingest.tcp))
         self.http.add_readiness_check("database", self.database.readiness)
         self.http.add_readiness_check("journal", self.journals.readiness)
-        self.on_reload(self.smtp.reload)
-        self.on_reload(self.projects.reload)
-        self.on_reload(self.alerts.reload)
-        self.on_reload(self.web.reload)
+        self.on_reload(self.smtp.reload, SmtpServer.RELOADS)
+        self.on_reload(self.projects.reload, ("projects",))
+        self.on_reload(self.alerts.reload, ("alerts",))
+        self.on_reload(self.web.reload, tuple(
+            f"web.{f.name}" for f in dataclasses.fields(settings.web) if f.name != "enabled"))
         # Order matters: storage first, listeners last, so nothing is accepted that
         # cannot be made durable; stop() walks it backwards.
         self.components: list[Component] = [self.database, self.journals, self.projects,
@@ -204,10 +208,15 @@ class App:
         await mail_store(self.database.db.pool)(records)
         self.delivery.wake()
 
-    def on_reload(self, hook: Callable[[Settings], Awaitable[None]]) -> None:
+    def on_reload(self, hook: Callable[[Settings], Awaitable[None]],
+                  keys: tuple[str, ...] = ()) -> None:
+        """`keys`: the dotted config keys (or prefixes) the hook applies."""
         self._reload_hooks.append(hook)
+        self._reloadable.extend(keys)
 
     async def start(self) -> None:
+        for section, values in effective(self.settings).items():
+            log.info("config", extra=fields(section=section, **values))
         if self.settings.ingest.facets:
             # ua-parser's rules take a moment to load: in a thread, before a browser
             # event needs them on the loop.
@@ -250,11 +259,17 @@ class App:
             for line in err.lines():
                 log.error("reload rejected", extra=fields(problem=line))
             return False
-        setup_logging(new.log.level, new.log.format)
+        changed = changed_keys(self.settings, new)
+        if new.log != self.settings.log:
+            setup_logging(new.log.level, new.log.format)
         for hook in self._reload_hooks:
             await hook(new)
+        for key in needing_restart(changed, self._reloadable):
+            log.warning("config change needs a restart; the old value stays in effect",
+                        extra=fields(key=key))
         self.settings = new
-        log.info("reloaded", extra=fields(config=str(new.source)))
+        log.info("reloaded", extra=fields(config=str(new.source),
+                                          changed=",".join(changed) or "-"))
         return True
 
     async def run(self) -> int:

@@ -46,6 +46,12 @@ class TokenBucket:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def retune(self, *, rate: float, burst: float) -> None:
+        """New limits from a reload; every key keeps what it has used (up to the new
+        burst), so a SIGHUP is no way around a limit."""
+        fresh = TokenBucket(rate=rate, burst=burst, max_keys=self.max_keys)   # validates
+        self.rate, self.burst = fresh.rate, fresh.burst
+
     def _tokens(self, key: str, now: float) -> float:
         state = self._buckets.get(key)
         if state is None:
@@ -113,6 +119,12 @@ class FailureLimiter:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def retune(self, *, max_failures: int, block: float) -> None:
+        """New limits from a reload; failures counted and blocks running stay."""
+        fresh = FailureLimiter(max_failures=max_failures, window=self.window, block=block,
+                               max_keys=self.max_keys)                       # validates
+        self.max_failures, self.block = fresh.max_failures, fresh.block
 
     def blocked(self, key: str) -> bool:
         return self.retry_after(key) > 0

@@ -7,6 +7,7 @@ DKIM keys.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,7 +30,7 @@ from daemon.mail.intake import (
 from daemon.mail.passwords import parse_hash
 from daemon.mail.policy import User, in_networks, parse_sender_pattern
 from daemon.mail.ratelimit import FailureLimiter, TokenBucket
-from daemon.mail.settings import ListenerSettings
+from daemon.mail.settings import ListenerSettings, SmtpSettings
 from daemon.mail.smtp_slots import ConnectionSlots
 from daemon.mail.smtpd import EgenSMTP
 from daemon.mail.tls import TlsError, ensure_self_signed, load_into, server_context
@@ -74,6 +75,11 @@ def load_users(settings: Settings) -> dict[str, User]:
 
 class SmtpServer:
     name = "smtp"
+    # What reload() applies, to new sessions; listeners and the host name need a restart.
+    RELOADS = ("smtp.max_message_size", "smtp.max_recipients", "smtp.max_connections",
+               "smtp.max_connections_per_client", "smtp.timeout", "smtp.first_command_timeout",
+               "smtp.tls_cert", "smtp.tls_key", "smtp.users", "smtp.rate_per_user",
+               "smtp.rate_per_client", "smtp.auth_failures", "smtp.auth_block", "dkim")
 
     def __init__(self, settings: Settings, journal: Journal, registry: CollectorRegistry,
                  *, sign_threads: int = 2) -> None:
@@ -133,16 +139,33 @@ class SmtpServer:
 
     def _build_context(self, settings: Settings) -> IntakeContext:
         smtp = settings.smtp
+        previous = self.context
+        if previous is None:
+            client_rate = TokenBucket(rate=smtp.rate_per_client.per_minute / 60,
+                                      burst=smtp.rate_per_client.burst)
+            user_rate = TokenBucket(rate=smtp.rate_per_user.per_minute / 60,
+                                    burst=smtp.rate_per_user.burst)
+            auth_failures = FailureLimiter(max_failures=smtp.auth_failures,
+                                           block=smtp.auth_block)
+        else:
+            # A reload keeps what every client and user has used and every AUTH block
+            # running; only the limits change.
+            client_rate, user_rate = previous.client_rate, previous.user_rate
+            auth_failures = previous.auth_failures
         return IntakeContext(
             hostname=settings.hostname, smtp=smtp, users=load_users(settings),
             keyring=load_keyring(settings), refuse_unsigned=settings.dkim.unsigned == "refuse",
             journal=self.journal, sign_pool=self.sign_pool, metrics=self.metrics,
-            client_rate=TokenBucket(rate=smtp.rate_per_client.per_minute / 60,
-                                    burst=smtp.rate_per_client.burst),
-            user_rate=TokenBucket(rate=smtp.rate_per_user.per_minute / 60,
-                                  burst=smtp.rate_per_user.burst),
-            auth_failures=FailureLimiter(max_failures=smtp.auth_failures,
-                                         block=smtp.auth_block))
+            client_rate=client_rate, user_rate=user_rate, auth_failures=auth_failures)
+
+    def _retune(self, smtp: SmtpSettings) -> None:
+        assert self.context is not None
+        ctx = self.context
+        ctx.client_rate.retune(rate=smtp.rate_per_client.per_minute / 60,
+                               burst=smtp.rate_per_client.burst)
+        ctx.user_rate.retune(rate=smtp.rate_per_user.per_minute / 60,
+                             burst=smtp.rate_per_user.burst)
+        ctx.auth_failures.retune(max_failures=smtp.auth_failures, block=smtp.auth_block)
 
     @staticmethod
     def _cert_paths(settings: Settings) -> tuple[Path, Path]:
@@ -196,8 +219,8 @@ class SmtpServer:
         self.sign_pool.shutdown(wait=False, cancel_futures=True)
 
     async def reload(self, settings: Settings) -> None:
-        """New users, keys and certificate for new sessions; listeners stay as they are
-        (changing addresses needs a restart)."""
+        """New users, keys, limits and certificate for new sessions (RELOADS); the
+        limiters keep their state, and listeners stay as they are."""
         try:
             context = await asyncio.to_thread(self._build_context, settings)
             if self.tls_context is not None:
@@ -207,8 +230,12 @@ class SmtpServer:
             log.error("smtp reload failed; keeping the previous keys and certificate",
                       extra=fields(error=str(err)))
             return
-        self.settings = settings
-        self.context = context
+        # Only what RELOADS names: listeners and the rest stay as they were at start.
+        self.settings = dataclasses.replace(
+            self.settings, dkim=settings.dkim,
+            smtp=dataclasses.replace(settings.smtp, listeners=self.settings.smtp.listeners))
+        self.context = dataclasses.replace(context, hostname=self.settings.hostname)
+        self._retune(settings.smtp)
         self.credentials.clear()
         log.info("smtp reloaded", extra=fields(users=len(context.users),
                                                dkim_domains=",".join(context.keyring.domains)))
