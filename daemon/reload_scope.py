@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from pathlib import PurePath
 from typing import Any
 
 import orjson
@@ -52,7 +53,7 @@ def needing_restart(keys: Iterable[str], reloadable: Iterable[str]) -> list[str]
 
 def _shown(value: Any) -> str:
     """Secrets print as *** (Secret's str), everything else as JSON or plain text."""
-    if isinstance(value, str | Secret):
+    if isinstance(value, str | Secret | PurePath):
         return str(value)
     return orjson.dumps(value, default=str).decode()
 
