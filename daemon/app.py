@@ -24,6 +24,7 @@ from daemon.db import nodes
 from daemon.db.pool import database_for
 from daemon.events import facets
 from daemon.events.api import OperatorApi
+from daemon.events.digest import Digester
 from daemon.events.http_gelf import GelfHttpEndpoint
 from daemon.events.http_native import NativeEndpoint
 from daemon.events.http_sentry import SentryEndpoints
@@ -170,10 +171,15 @@ class App:
                                              lifetime=settings.delivery.lifetime),
             on_report=self.relay_reports)
         partitions = Partitions()
+        self.digester = Digester(self.registry, max_event_size=settings.ingest.max_event_size,
+                                 with_facets=settings.ingest.facets,
+                                 workers=settings.ingest.digest_workers,
+                                 project_name=self._project_name)
         self.events_flusher = JournalConsumer(
             events_journal, event_store(lambda: self.database.db.pool, partitions,
                                         on_stored=self.alerts.on_stored,
-                                        with_facets=settings.ingest.facets),
+                                        with_facets=settings.ingest.facets,
+                                        digest=self.digester.digest),
             name="events", registry=self.registry, max_records=2000)
         self.retention = Retention(lambda: self.database.db.pool, partitions, settings.ingest)
         SentryEndpoints(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
@@ -198,11 +204,14 @@ class App:
             f"web.{f.name}" for f in dataclasses.fields(settings.web) if f.name != "enabled"))
         # Order matters: storage first, listeners last, so nothing is accepted that
         # cannot be made durable; stop() walks it backwards.
-        self.components: list[Component] = [self.database, self.journals, self.projects,
-                                             self.api_keys,
-                                             self.web, self.relay_reports, self.mail_flusher,
-                                             self.events_flusher, self.retention, self.smtp,
-                                             self.alerts, self.delivery, self.udp, self.http]
+        self.components: list[Component] = [
+            self.database, self.journals, self.projects, self.api_keys, self.web,
+            self.relay_reports, self.mail_flusher, self.digester, self.events_flusher,
+            self.retention, self.smtp, self.alerts, self.delivery, self.udp, self.http]
+
+    def _project_name(self, project_id: int) -> str | None:
+        project = self.projects.get(project_id)
+        return project.name if project is not None else None
 
     async def _store_mail(self, records: list[Record]) -> None:
         await mail_store(self.database.db.pool)(records)

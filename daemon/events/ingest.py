@@ -1,5 +1,7 @@
-"""The acceptance point of the error tracker, shared by every source (Sentry endpoints,
-the native endpoint, UDP): normalize, fingerprint, append to the events journal.
+"""The acceptance point of the error tracker, shared by every source: normalize,
+fingerprint, append to the events journal (the native endpoint, UDP, GELF), or append
+the event items unread for the digest to do that work (the Sentry endpoints: see
+daemon.events.pending and daemon.events.digest).
 
 Like Sentry's Relay, every item that arrives ends in exactly one counted outcome:
 accepted, filtered (below the source's minimum level), rate_limited, invalid(reason) or
@@ -14,22 +16,18 @@ import asyncio
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry, Counter
 
-from daemon.events.facets import facets
-from daemon.events.fingerprint import GROUPING_VERSION, grouping_hash
-from daemon.events.normalize import InvalidEvent, normalize_event
+from daemon.events.pending import PendingEvent, encode_pending
+from daemon.events.prepare import LEVEL_ORDER, Result, prepare_event
 from daemon.events.projects import Project
-from daemon.events.record import EventRecord, encode
 from daemon.events.refusals import Refusals
 from daemon.journal import Journal, JournalFull
 
 YIELD_EVERY = 500
-LEVEL_ORDER = {"debug": 0, "info": 1, "warning": 2, "error": 3, "fatal": 4}
+__all__ = ["LEVEL_ORDER", "Ingestor", "Refused", "Result"]
 
 
 class IngestMetrics:
@@ -69,15 +67,6 @@ class Refused(Exception):
         self.reason = reason
         self.retry_after = retry_after
         self.journal_full = journal_full
-
-
-@dataclass(frozen=True)
-class Result:
-    """What became of one event: its id when accepted, else the outcome and why."""
-
-    outcome: str                  # accepted | filtered | invalid
-    event_id: str | None = None
-    error: str | None = None
 
 
 class Ingestor:
@@ -134,40 +123,14 @@ class Ingestor:
                 received: float, min_level: str | None = None,
                 raw: bytes | None = None,
                 client_ip: str | None = None) -> tuple[Result, bytes | None]:
-        """Normalize and fingerprint one event; (result, journal record or None). `raw` is
-        the JSON `data` was parsed from, kept as it is when nothing in it changed;
-        `client_ip` is the sender's address (for a user `ip_address` of "{{auto}}")."""
-        try:
-            event = normalize_event(data, received=received)
-        except InvalidEvent as err:
-            self.metrics.outcome(source, "invalid").inc()
-            return Result("invalid", error=str(err)), None
-        if min_level is not None and LEVEL_ORDER[event.level] < LEVEL_ORDER[min_level]:
-            self.metrics.outcome(source, "filtered").inc()
-            return Result("filtered", event.event_id,
-                          f"level {event.level} is below {min_level}"), None
-        if raw is None or data.get("event_id") != event.event_id:
-            raw = orjson.dumps({**data, "event_id": event.event_id})
-        if len(raw) > self.max_event_size:
-            self.metrics.outcome(source, "invalid").inc()
-            return Result("invalid", event.event_id, f"event is larger than "
-                          f"{self.max_event_size} bytes (ingest.max_event_size)"), None
-        tags: tuple[tuple[str, str], ...] = ()
-        user = None
-        if self.with_facets:
-            found = facets(event, client_ip)
-            tags = found.tags
-            if found.user is not None:
-                u = found.user
-                user = (u.key, u.id, u.email, u.username, u.ip_address)
-        record = EventRecord(
-            project_id=project.id, event_id=event.event_id,
-            grouping_version=GROUPING_VERSION, fingerprint=grouping_hash(event),
-            title=_text(event.title), culprit=_text(event.culprit or ""), level=event.level,
-            timestamp=event.timestamp, received_at=received,
-            environment=_opt_text(event.environment), release=_opt_text(event.release),
-            payload=raw, tags=tags, user=user)
-        return Result("accepted", event.event_id), encode(record)
+        """Normalize and fingerprint one event (see daemon.events.prepare), counting
+        what is not accepted."""
+        result, record = prepare_event(
+            project.id, data, received=received, max_event_size=self.max_event_size,
+            with_facets=self.with_facets, min_level=min_level, raw=raw, client_ip=client_ip)
+        if record is None:
+            self.metrics.outcome(source, result.outcome).inc()
+        return result, record
 
     async def accept(self, project: Project, events: Sequence[dict[str, Any]], *,
                      source: str, min_level: str | None = None,
@@ -200,11 +163,22 @@ class Ingestor:
         return results
 
 
-def _text(value: str) -> str:
-    """Postgres text cannot hold NUL: an accepted event must still be storable (contract 1),
-    so NUL becomes U+FFFD in the columns; the payload keeps it (JSON escapes it)."""
-    return value.replace("\x00", "\ufffd") if "\x00" in value else value
-
-
-def _opt_text(value: str | None) -> str | None:
-    return None if value is None else _text(value)
+    async def accept_pending(self, project: Project, payloads: Sequence[bytes], *,
+                             source: str, event_id: str | None,
+                             client_ip: str | None) -> None:
+        """Make event items durable before their JSON is read (daemon.events.pending);
+        what the digest then finds wrong is counted there. Raises Refused when the
+        journal is full."""
+        received = time.time()
+        # The envelope's event id goes with its first event only (an envelope has one);
+        # two events given one id would be stored as one.
+        records = [encode_pending(PendingEvent(project.id, received, client_ip,
+                                               event_id if i == 0 else None, source, payload))
+                   for i, payload in enumerate(payloads)]
+        try:
+            await self.journal.append_many(records)
+        except JournalFull:
+            self.metrics.outcome(source, "refused").inc(len(records))
+            raise Refused("the events journal is full (the database is behind)",
+                          self.journal_retry_after, journal_full=True) from None
+        self.metrics.outcome(source, "accepted").inc(len(records))

@@ -29,7 +29,7 @@ from daemon.events.eventtext import (
 
 LEVELS = ("debug", "info", "warning", "error", "fatal")
 _LEVEL_ALIASES = {"warn": "warning", "critical": "fatal", "log": "info"}
-_EVENT_ID = re.compile(r"[0-9a-f]{8}(-?)[0-9a-f]{4}\1[0-9a-f]{4}\1[0-9a-f]{4}\1[0-9a-f]{12}",
+EVENT_ID = re.compile(r"[0-9a-f]{8}(-?)[0-9a-f]{4}\1[0-9a-f]{4}\1[0-9a-f]{4}\1[0-9a-f]{12}",
                        re.IGNORECASE)
 _FRAME_STRINGS = ("filename", "abs_path", "module", "function", "context_line")
 _EPOCH = re.compile(r"\s*\d+(?:\.\d*)?\s*")
@@ -173,7 +173,7 @@ def _lenient(value: Any, path: str, limit: int, *, objects: bool = False) -> str
 def _event_id(value: Any) -> str:
     if value is None:
         return uuid.uuid4().hex
-    if not isinstance(value, str) or not _EVENT_ID.fullmatch(value):
+    if not isinstance(value, str) or not EVENT_ID.fullmatch(value):
         raise InvalidEvent(f"event_id: expected 32 hex digits, got {_describe(value)}")
     return value.replace("-", "").lower()
 

@@ -125,6 +125,9 @@ class IngestSettings:
     # batch for the web pages; false skips them (the pages then show counts and events
     # only), which is what scripts/bench-ingest compares against.
     facets: bool = True
+    # Worker processes that digest (parse, normalize, fingerprint) what the Sentry
+    # endpoints accepted unread, when a batch is large; 0: always in the event loop.
+    digest_workers: int = 1
     # UDP listeners (GELF, JSON, syslog), each for one project.
     udp: list[DatagramListenerSettings] = field(default_factory=list)
     # GELF over TCP (NUL-delimited frames; formats other than gelf and json do not apply).
@@ -135,6 +138,8 @@ class IngestSettings:
             raise Invalid("max_event_size", "must not exceed ingest.max_body_size")
         if self.max_event_size < 1024:
             raise Invalid("max_event_size", "must be at least 1KiB")
+        if not 0 <= self.digest_workers <= 16:
+            raise Invalid("digest_workers", "must be between 0 and 16")
         if self.retention_days < 1:
             raise Invalid("retention_days", "must be at least 1")
         if self.max_events_per_issue < 1:

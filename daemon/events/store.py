@@ -300,13 +300,17 @@ def _check(record: EventRecord) -> None:
 
 
 OnStored = Callable[[list[IssueChange]], Awaitable[None]]
+Digest = Callable[[list[Record]], Awaitable[list[Record]]]
 
 
 def event_store(pool: Callable[[], asyncpg.Pool], partitions: Partitions,
-                on_stored: OnStored | None = None, *, with_facets: bool = True
-                ) -> Callable[[list[Record]], Awaitable[None]]:
-    """The events journal consumer's store function."""
+                on_stored: OnStored | None = None, *, with_facets: bool = True,
+                digest: Digest | None = None) -> Callable[[list[Record]], Awaitable[None]]:
+    """The events journal consumer's store function; `digest` turns the records of
+    events accepted unread into event records first (daemon.events.digest)."""
     async def store(records: list[Record]) -> None:
+        if digest is not None:
+            records = await digest(records)
         events = []
         for record in records:
             try:
