@@ -318,3 +318,25 @@ async def test_categories_and_custom_args_are_logged_with_the_queue_ids_not_mail
               if r.getMessage() == "api request"]
     assert f"queue_ids={headers['X-Message-Id']}" in line and "user=app" in line
     assert "categories=deploy,nightly" in line and '{\\"ticket\\":\\"T-981\\"}' in line
+
+
+async def test_a_request_whose_messages_are_too_large_together_is_413(
+        world: tuple[App, Sink, str]) -> None:
+    app, _, token = world
+    before = accepted(app)
+    shared = simple(attachments=[{"content": base64.b64encode(b"\x00" * 100_000).decode(),
+                                  "filename": "dump.bin"}])
+    shared["personalizations"] = [{"to": [{"email": f"r{i}@example.org"}]} for i in range(6)]
+    status, _, body = await post(app, token, shared)
+    assert status == 413 and body["errors"][0]["field"] == "personalizations"
+    assert "split the request" in body["errors"][0]["message"]
+    assert accepted(app) == before
+
+
+async def test_sandbox_requests_count_against_the_rate_limit(tmp_path: Path,
+                                                            pg_url: str) -> None:
+    async with mail_web_app(tmp_path, pg_url,
+                            smtp="rate_per_user = { per_minute = 1, burst = 2 }") as (app, _):
+        _, token = await add_key(app.database.db.pool, "app")
+        sandbox = simple(mail_settings={"sandbox_mode": {"enable": True}})
+        assert [(await post(app, token, sandbox))[0] for _ in range(3)] == [200, 200, 429]

@@ -94,6 +94,11 @@ def test_a_minimal_body_is_one_message() -> None:
     (body(mail_settings={"nonsense": {"enable": True}}), "mail_settings.nonsense",
      "not a mail setting"),
     (body(colour="blue"), "colour", "not a field"),
+    (body(subject="line\u2028break"), "subject", "U+2028"),
+    (body(attachments=[{"content": "aGk=", "filename": "a.eml", "type": "multipart/mixed"}]),
+     "attachments.0.type", "composite"),
+    (body(personalizations=[{"to": [{"email": f"r{i}@example.org"} for i in range(1001)]}]),
+     "personalizations.0.to", "at most 1000"),
 ])
 def test_each_kind_of_bad_body_names_its_field(value: Any, field: str | None,
                                                words: str) -> None:
@@ -107,6 +112,15 @@ def test_every_problem_is_reported_at_once() -> None:
                         "from": {"email": "also nope"}, "content": [], "template_id": "x"})
     assert {"personalizations.0.to.0.email", "from.email", "content", "template_id",
             "personalizations.0.subject"} <= set(errors)
+
+
+def test_a_million_bad_entries_get_a_bounded_answer() -> None:
+    bad = body(personalizations=[{"to": [{"email": "x"}] * 900} for _ in range(1)],
+               attachments=[{"content": "!"}] * 900)
+    with pytest.raises(SendRequestInvalid) as caught:
+        parse(orjson.dumps(bad))
+    assert len(caught.value.errors) == 101
+    assert caught.value.errors[-1].message.startswith("more than 100 problems")
 
 
 def test_ignored_settings_are_accepted_and_sandbox_is_read() -> None:

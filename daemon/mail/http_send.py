@@ -12,6 +12,7 @@ queue unavailable; `X-Message-Id` carries the first queue id and `X-Egen-Queue-I
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 maillog = get_logger("maillog")
 PATH = "/v3/mail/send"
 # Refusals of the submission path and the status SendGrid would answer for them.
+# What all the messages of one request may come to, in smtp.max_message_size: bounds
+# the memory one request holds (SendGrid's own bound is 30 MB of request).
+MESSAGES_PER_REQUEST_SIZE = 4
 _REFUSED_STATUS = {"no_dkim_key": 403, "bad_message": 400}
 
 
@@ -123,10 +127,12 @@ class SendApi:
         except SendRequestInvalid as err:
             raise SendFailed(400, "bad_request", err.errors) from None
         self._check_senders(parsed, user)
-        if parsed.sandbox:      # SendGrid's: everything checked, nothing sent or counted
+        # Before the work of building and signing, and in sandbox mode too: a request
+        # that is only checked costs as much as one that is sent.
+        self._take_rate(ctx, user, client, len(parsed.personalizations))
+        if parsed.sandbox:      # SendGrid's: everything checked, nothing sent
             await self._sign_all(ctx, parsed, user, client, tls=request.secure)
             return 200, {}
-        self._take_rate(ctx, user, client, len(parsed.personalizations))
         signed = await self._sign_all(ctx, parsed, user, client, tls=request.secure)
         try:
             await queue(ctx, signed)
@@ -171,6 +177,8 @@ class SendApi:
         """Every message checked, prepared and signed before any is queued."""
         signed = []
         now = time.time()
+        total = 0
+        budget = MESSAGES_PER_REQUEST_SIZE * ctx.smtp.max_message_size
         for index, p, sender, subject in each_message(parsed):
             at = f"personalizations.{index}"
             from_field = f"{at}.from.email" if p.sender else "from.email"
@@ -179,12 +187,19 @@ class SendApi:
                             f"one personalization; at most {ctx.smtp.max_recipients} "
                             "(smtp.max_recipients)", at)
             try:
-                raw = build(parsed, index, sender, subject)
+                # In a thread: a large attachment takes a good part of a second to
+                # encode, which the loop must spend answering others.
+                raw = await asyncio.to_thread(build, parsed, index, sender, subject)
             except SendRequestInvalid as err:
                 raise SendFailed(400, "bad_request", err.errors) from None
             if len(raw) > ctx.smtp.max_message_size:
                 raise _fail(413, "too_large", f"the message is {len(raw)} bytes; at most "
                             f"{ctx.smtp.max_message_size} (smtp.max_message_size)", at)
+            total += len(raw)
+            if total > budget:
+                raise _fail(413, "too_large", f"the request's messages come to more than "
+                            f"{budget} bytes ({MESSAGES_PER_REQUEST_SIZE} times "
+                            "smtp.max_message_size); split the request", "personalizations")
             queue_id = queue_record.new_queue_id()
             received = received_header(
                 helo="api", client_ip=client, client_rdns=None, hostname=ctx.hostname,
@@ -192,7 +207,8 @@ class SendApi:
                 auth_user=user.name,
                 recipient=p.recipients[0] if len(p.recipients) == 1 else None, now=now)
             try:
-                prepared = prepare(raw, received=received, hostname=ctx.hostname, now=now)
+                prepared = await asyncio.to_thread(prepare, raw, received=received,
+                                                   hostname=ctx.hostname, now=now)
             except MessageRejected as err:
                 raise _fail(400, "bad_message", err.message, at) from None
             decision = check_header_from(user, prepared.from_addresses)
@@ -210,18 +226,21 @@ class SendApi:
 
     @staticmethod
     def _take_rate(ctx: IntakeContext, user: User, client: str, count: int) -> None:
-        """One token per message, as SMTP takes one per MAIL FROM."""
-        for bucket, key, what in ((ctx.client_rate, client, f"from {client}"),
-                                  (ctx.user_rate, user.name, f"from user {user.name}")):
+        """One token per message, as SMTP takes one per MAIL FROM; every bucket is
+        checked before any is taken from, so a refusal costs nothing."""
+        buckets = ((ctx.client_rate, client, f"from {client}", "rate_client"),
+                   (ctx.user_rate, user.name, f"from user {user.name}", "rate_user"))
+        for bucket, key, what, reason in buckets:
             if count > bucket.burst:
                 raise _fail(429, "rate_burst", f"{count} messages in one request are more "
                             f"than the {bucket.burst:.0f} the rate limit allows at once; "
                             "split the request", "personalizations")
-            if not bucket.take(key, count):
-                wait = bucket.retry_after(key, count)
-                raise _fail(429, "rate_client" if bucket is ctx.client_rate else "rate_user",
-                            f"Too much mail {what}; try again in {wait:.0f}s",
+            wait = bucket.retry_after(key, count)
+            if wait > 0:
+                raise _fail(429, reason, f"Too much mail {what}; try again in {wait:.0f}s",
                             headers={"Retry-After": str(max(1, round(wait)))})
+        for bucket, key, _, _ in buckets:
+            bucket.take(key, count)
 
     @staticmethod
     def _refusal(refused: Refused, where: str | None) -> SendFailed:

@@ -21,6 +21,8 @@ MAX_CUSTOM_ARGS_BYTES = 10_000
 MAX_HEADERS = 100
 MAX_SUBJECT = 4000
 MAX_NAME = 500
+MAX_ITEMS = 1000                   # entries in any one array (SendGrid's recipient limit)
+MAX_ERRORS = 100
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")
 _TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}"          # RFC 6838 restricted-name
 MIME_TYPE = re.compile(f"{_TOKEN}/{_TOKEN}")
@@ -41,7 +43,13 @@ class FieldChecker:
         self.errors: list[FieldError] = []
 
     def fail(self, where: str | None, message: str) -> None:
-        self.errors.append(FieldError(message, where))
+        # Bounded, so that a body of a million bad entries is not answered (and logged)
+        # with a million errors.
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(FieldError(message, where))
+        elif len(self.errors) == MAX_ERRORS:
+            self.errors.append(FieldError(f"more than {MAX_ERRORS} problems; the rest are "
+                                          "not listed", None))
 
     def mapping(self, value: Any, where: str) -> dict[str, Any] | None:
         if isinstance(value, dict):
@@ -50,7 +58,9 @@ class FieldChecker:
         return None
 
     def items(self, value: Any, where: str) -> Iterator[tuple[str, Any]]:
-        if isinstance(value, list):
+        if isinstance(value, list) and len(value) > MAX_ITEMS:
+            self.fail(where, f"has {len(value)} entries; at most {MAX_ITEMS} are allowed")
+        elif isinstance(value, list):
             yield from ((f"{where}.{i}", item) for i, item in enumerate(value))
         else:
             self.fail(where, f"must be an array, not {kind_of(value)}")
@@ -156,5 +166,9 @@ def kind_of(value: Any) -> str:
 
 
 def _control(text: str, *, one_line: bool) -> str | None:
+    """A control character, or on one line any line break Python's email package knows
+    (U+0085, U+2028, U+2029 too: it refuses them in a header)."""
     allowed = "\t" if one_line else "\t\r\n"
-    return next((c for c in text if (c < " " or c == "\x7f") and c not in allowed), None)
+    breaks = "\x85\u2028\u2029" if one_line else ""
+    return next((c for c in text
+                 if ((c < " " or c == "\x7f") and c not in allowed) or c in breaks), None)

@@ -237,6 +237,12 @@ def _attachment(check: FieldChecker, value: Any, at: str) -> Attachment | None:
         if kind is not None and not MIME_TYPE.fullmatch(kind):
             check.fail(f"{at}.type", f"{kind!r} is not a MIME type such as application/pdf")
             kind = None
+        elif kind is not None and kind.lower().startswith(("multipart/", "message/")):
+            # Composite types may not be base64-encoded (RFC 2045 6.4); readers would
+            # each make something else of one.
+            check.fail(f"{at}.type", f"{kind!r} cannot be an attachment's type (a "
+                                     "composite type); send it as application/octet-stream")
+            kind = None
     disposition = obj.get("disposition", "attachment")
     if disposition not in ("attachment", "inline"):
         check.fail(f"{at}.disposition", "must be attachment or inline")
