@@ -49,3 +49,21 @@ async def test_new_keys_work_at_once_and_known_ones_survive_an_outage(
             await keys.stop()
             await pool.close()
             await proxy.stop()
+
+
+async def test_made_up_ids_cannot_turn_into_a_query_each(tmp_path: Path, pg_url: str) -> None:
+    async with mail_web_app(tmp_path, pg_url) as (app, _):
+        direct = app.database.db.pool
+        keys = ApiKeyRegistry(lambda: direct, refresh_every=3600, lookups_per_second=0.5)
+        await keys.start()
+        try:
+            for n in range(200):
+                assert await keys.user_for(f"EG.{n:016d}.secret") is None
+            assert len(keys._absent) == 1             # one read: the burst of 2 x 0.5
+            # Past the bound even a real new key waits for the next refresh ...
+            _, new = await add_key(direct, "app", "made during a flood")
+            assert await keys.user_for(new) is None
+            await keys.refresh()
+            assert await keys.user_for(new) == "app"    # ... and works after it
+        finally:
+            await keys.stop()

@@ -1,9 +1,10 @@
 """Keys for the HTTP send API: made and removed with `egen user api-key`, kept in
 Postgres, and held in memory by each node so that sending never waits for the database.
 
-A key made after the last refresh is looked up once by its id, so a key works the moment
-`add` prints it; ids found missing are remembered until the next refresh, so wrong keys
-cost the database one indexed read per id and refresh, not one per request.
+A key made after the last refresh is looked up by its id, so a key works the moment
+`add` prints it. Such reads are bounded for the whole node (LOOKUPS_PER_SECOND, two at a
+time), since anyone can make up ids: past the bound an id not in the copy is refused
+until the next refresh, and ids found missing are remembered until then.
 
 A key belongs to an SMTP user of egen.toml and carries nothing of its own: the user's
 allowed senders and rate limit apply to it, as to that user's SMTP logins. A user taken
@@ -25,6 +26,7 @@ from datetime import datetime
 import asyncpg
 
 from daemon.db.refresher import TRANSIENT, Refresher
+from daemon.mail.ratelimit import TokenBucket
 
 PREFIX = "EG"
 _ID = re.compile(r"[A-Za-z0-9_-]{16}")
@@ -32,6 +34,7 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 MAX_LABEL = 200
 MAX_ABSENT = 10_000          # ids remembered as missing between two refreshes
 LOOKUP_TIMEOUT = 2.0
+LOOKUPS_PER_SECOND = 10
 
 
 class KeysUnavailable(Exception):
@@ -103,11 +106,13 @@ class ApiKeyRegistry:
 
     name = "api-keys"
 
-    def __init__(self, pool: Callable[[], asyncpg.Pool], *, refresh_every: float = 5.0
-                 ) -> None:
+    def __init__(self, pool: Callable[[], asyncpg.Pool], *, refresh_every: float = 5.0,
+                 lookups_per_second: float = LOOKUPS_PER_SECOND) -> None:
         self._pool = pool
         self.by_id: dict[str, ApiKey] = {}
         self._absent: set[str] = set()
+        self._lookups = TokenBucket(rate=lookups_per_second, burst=2 * lookups_per_second)
+        self._reading = asyncio.Semaphore(2)
         self._refresher = Refresher("send API keys", self.refresh, every=refresh_every)
 
     async def user_for(self, token: str) -> str | None:
@@ -117,8 +122,10 @@ class ApiKeyRegistry:
         if parts is None:
             return None
         key = self.by_id.get(parts[0])
-        if key is None and parts[0] not in self._absent:
-            key = await self._look_up(parts[0])
+        if (key is None and parts[0] not in self._absent
+                and self._lookups.take("lookups")):
+            async with self._reading:
+                key = await self._look_up(parts[0])
         if key is None or not hmac.compare_digest(key.secret_sha256, _digest(parts[1])):
             return None
         return key.user_name
