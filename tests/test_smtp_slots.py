@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 from daemon.app import App
+from daemon.mail.server import REAP_AFTER
 from tests.mailfixtures import mail_config, port, started_app
 from tests.test_smtp_security import (  # noqa: F401  (_close_dialogs: autouse)
     RELAY,
@@ -74,3 +75,20 @@ async def test_a_connection_that_says_nothing_is_closed_with_421(
         assert await talking.one("NOOP") == "250 2.0.0 OK"
         assert await talking.quit() == ["221 2.0.0 Bye"]
         assert refused(app, "idle_timeout") == 0
+
+
+async def test_a_stalled_starttls_handshake_gives_its_slot_back(
+        tmp_path: Path, pg_url: str) -> None:
+    settings = mail_config(tmp_path, pg_url,
+                           smtp='timeout = "300ms"\nmax_connections_per_client = 1')
+    async with started_app(settings) as app:
+        stalled = await connect(app, SUBMISSION)
+        assert (await stalled.reply())[0].startswith("220 ")
+        await stalled.command("EHLO client.test")
+        assert (await stalled.one("STARTTLS")).startswith("220 ")
+        # No handshake follows: the idle timeout closes the connection mid-handshake.
+        assert await asyncio.wait_for(stalled.reader.read(), 10) == b""
+        await asyncio.sleep(REAP_AFTER + 0.2)       # the server's own grace, then:
+        assert app.smtp.slots.held_by("127.0.0.1") == 0
+        again = await connect(app, SUBMISSION)
+        assert (await again.reply())[0].startswith("220 ")

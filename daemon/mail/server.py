@@ -37,6 +37,7 @@ from daemon.mail.tls import TlsError, ensure_self_signed, load_into, server_cont
 from daemon.units import HostPort
 
 log = get_logger("smtp")
+REAP_AFTER = 0.5        # seconds after a timeout's close for connection_lost to come
 
 
 class SmtpStartError(Exception):
@@ -128,7 +129,10 @@ class SmtpServer:
             server = await loop.create_server(
                 lambda listener=listener: self._protocol(listener),
                 listener.listen.host, listener.listen.port, reuse_address=True,
-                ssl=self.tls_context if listener.tls == "implicit" else None)
+                ssl=self.tls_context if listener.tls == "implicit" else None,
+                # before the handshake no session exists to time out: bound it too
+                ssl_handshake_timeout=smtp.first_command_timeout
+                if listener.tls == "implicit" else None)
             self._servers.append(server)
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
@@ -251,6 +255,7 @@ class _TrackedSMTP(EgenSMTP):
         self.owner = owner
         self.client: str | None = None       # set once this connection holds a slot
         self.awaiting_first_command = False
+        self.started = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is not None:           # the TLS transport after STARTTLS
@@ -269,6 +274,7 @@ class _TrackedSMTP(EgenSMTP):
                     f"{client}; try again later\r\n").connection_made(transport)
             return
         self.client = client
+        self.started = True
         owner._sessions.add(self)
         owner.slots.open.set(len(owner._sessions))
         super().connection_made(transport)
@@ -288,14 +294,26 @@ class _TrackedSMTP(EgenSMTP):
                 f"421 4.4.2 {self.owner.settings.hostname} Error: timeout "
                 "exceeded\r\n".encode())
         super()._timeout_cb()
+        # Closed in the middle of a STARTTLS handshake, the connection never reaches
+        # connection_lost (asyncio's TLS layer swallows it): end it here if so.
+        self.loop.call_later(REAP_AFTER, self._reap)
 
-    def connection_lost(self, error: Exception | None) -> None:
-        if self.client is None:         # refused in connection_made: never started
+    def _reap(self) -> None:
+        if self.client is not None:
+            self.connection_lost(None)
+
+    def _release(self) -> None:
+        if self.client is None:
             return
         self.owner.slots.release(self.client)
         self.client = None
         self.owner._sessions.discard(self)
         self.owner.slots.open.set(len(self.owner._sessions))
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self.started:            # refused in connection_made: never started
+            return
+        self._release()
         super().connection_lost(error)
 
     async def smtp_DATA(self, arg: str) -> None:
