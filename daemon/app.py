@@ -140,6 +140,7 @@ class App:
         self._stop_requested = asyncio.Event()
         self._reload_hooks: list[Callable[[Settings], Awaitable[None]]] = []
         self._reloadable: list[str] = ["log"]     # reload() itself sets up logging again
+        self._started_with = settings
         self.registry = new_registry()
         self.database = DatabaseComponent(settings)
         self.journals = Journals(settings, JournalMetrics(self.registry))
@@ -269,11 +270,14 @@ class App:
                 log.error("reload rejected", extra=fields(problem=line))
             return False
         changed = changed_keys(self.settings, new)
+        # Against what runs since start: a change still waiting for a restart is named
+        # again on every reload, and one taken back is not.
+        pending = needing_restart(changed_keys(self._started_with, new), self._reloadable)
         if new.log != self.settings.log:
             setup_logging(new.log.level, new.log.format)
         for hook in self._reload_hooks:
             await hook(new)
-        for key in needing_restart(changed, self._reloadable):
+        for key in pending:
             log.warning("config change needs a restart; the old value stays in effect",
                         extra=fields(key=key))
         self.settings = new

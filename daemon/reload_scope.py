@@ -58,10 +58,17 @@ def _shown(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
+def _keys_masked(projects: Any) -> list[Any]:
+    """Project keys let anyone send events into a project: only their start is shown."""
+    return [{**dataclasses.asdict(p), "keys": [f"{k[:4]}…" for k in p.keys]}
+            if dataclasses.is_dataclass(p) and hasattr(p, "keys") else p for p in projects]
+
+
 def effective(settings: Any) -> dict[str, dict[str, str]]:
     """Section -> {dotted key: shown value}, for the start-up log lines."""
     sections: dict[str, dict[str, str]] = {}
     for key, value in flatten(settings).items():
+        shown = _shown(_keys_masked(value) if key == "projects" else value)
         section = key.partition(".")[0] if "." in key else "main"
-        sections.setdefault(section, {})[key] = _shown(value)
+        sections.setdefault(section, {})[key] = shown
     return sections

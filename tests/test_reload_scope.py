@@ -39,6 +39,11 @@ def test_changed_keys_are_dotted_and_only_unclaimed_ones_need_a_restart(
     assert changed_keys(after, config.load(before.source, environ={})) == []
 
 
+def restarts(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.__dict__["egen_fields"]["key"] for r in caplog.records
+            if r.getMessage().startswith("config change needs a restart")]
+
+
 async def send(app_port: int, subject: str, source: str = "127.0.0.1") -> int:
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=app_port, source_address=(source, 0),
                              local_hostname="client.test", timeout=TIMEOUT)
@@ -75,6 +80,11 @@ async def test_reload_keeps_limiter_state_and_names_what_needs_a_restart(
         assert [await send(relay, f"new {n}", "127.0.0.2") for n in range(4)] == [
             250, 250, 250, 451]
         assert await send(relay, "still empty") == 451
+        # Still not applied, so named again; once taken back, no longer.
+        assert restarts(caplog) == ["delivery.dns_timeout"] * 2
+        rewritten(settings, 'dns_timeout = "2s"', 'dns_timeout = "1s"')
+        assert await app.reload()
+        assert restarts(caplog) == ["delivery.dns_timeout"] * 2
 
 
 async def test_the_effective_config_is_logged_at_start_with_secrets_masked(
@@ -88,3 +98,13 @@ async def test_the_effective_config_is_logged_at_start_with_secrets_masked(
     assert "database.url=***" in lines["database"]
     assert PASSWORD_HASH not in "".join(lines.values())
     assert '\\"password_hash\\":\\"***\\"' in lines["smtp"]
+
+
+async def test_project_keys_are_masked_in_the_config_log(
+        tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="egen")
+    extra = '[[projects]]\nname = "shop"\nid = 7\nkeys = ["shopkey-0123456789"]\n'
+    async with started_app(mail_config(tmp_path, pg_url, extra=extra)):
+        text = "".join(LogfmtFormatter().format(r) for r in caplog.records
+                       if r.getMessage() == "config")
+    assert "shopkey-0123456789" not in text and "shop…" in text
