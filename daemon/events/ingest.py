@@ -153,13 +153,7 @@ class Ingestor:
             if record is not None:
                 records.append(record)
         if records:
-            try:
-                await self.journal.append_many(records)
-            except JournalFull:
-                self.metrics.outcome(source, "refused").inc(len(records))
-                raise Refused("the events journal is full (the database is behind)",
-                              self.journal_retry_after, journal_full=True) from None
-            self.metrics.outcome(source, "accepted").inc(len(records))
+            await self._append(records, source)
         return results
 
 
@@ -175,6 +169,10 @@ class Ingestor:
         records = [encode_pending(PendingEvent(project.id, received, client_ip,
                                                event_id if i == 0 else None, source, payload))
                    for i, payload in enumerate(payloads)]
+        await self._append(records, source)
+
+    async def _append(self, records: list[bytes], source: str) -> None:
+        """One journal append, counted accepted, or Refused when the journal is full."""
         try:
             await self.journal.append_many(records)
         except JournalFull:

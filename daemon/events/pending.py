@@ -10,15 +10,11 @@ used when the event itself names none so that the id the SDK was told is the sto
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
-import orjson
-
-from daemon.events.record import RecordError
+from daemon.events.record import RecordError, frame, split_framed
 
 MAGIC = b"EP1"
-_LENGTH = struct.Struct(">I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,25 +32,13 @@ def is_pending(data: bytes) -> bool:
 
 
 def encode_pending(event: PendingEvent) -> bytes:
-    head = orjson.dumps({"project_id": event.project_id, "received_at": event.received_at,
+    return frame(MAGIC, {"project_id": event.project_id, "received_at": event.received_at,
                          "client_ip": event.client_ip, "event_id": event.event_id,
-                         "source": event.source})
-    return b"".join((MAGIC, _LENGTH.pack(len(head)), head, event.payload))
+                         "source": event.source}, event.payload)
 
 
 def decode_pending(data: bytes) -> PendingEvent:
-    start = len(MAGIC) + _LENGTH.size
-    if not data.startswith(MAGIC) or len(data) < start:
-        raise RecordError("not a pending event record (bad magic)")
-    (length,) = _LENGTH.unpack_from(data, len(MAGIC))
-    if start + length > len(data):
-        raise RecordError(f"header length {length} runs past the record's end")
-    try:
-        head = orjson.loads(data[start:start + length])
-    except orjson.JSONDecodeError as err:
-        raise RecordError(f"header is not JSON: {err}") from None
-    if not isinstance(head, dict):
-        raise RecordError("header is not a JSON object")
+    head, payload = split_framed(data, MAGIC, "a pending event record")
     project_id, received = head.get("project_id"), head.get("received_at")
     if type(project_id) is not int or type(received) not in (int, float):
         raise RecordError("header lacks project_id or received_at")
@@ -65,4 +49,4 @@ def decode_pending(data: bytes) -> PendingEvent:
     if not isinstance(source, str):
         raise RecordError("header lacks source")
     return PendingEvent(project_id, float(received), optional["client_ip"],
-                        optional["event_id"], source, data[start + length:])
+                        optional["event_id"], source, payload)

@@ -13,6 +13,7 @@ import math
 import struct
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import zstandard
@@ -64,14 +65,13 @@ def decompress_payload(data: bytes, limit: int = 64 * 2**20) -> bytes:
 
 
 def encode(record: EventRecord) -> bytes:
-    head = orjson.dumps({
+    return frame(MAGIC, {
         "project_id": record.project_id, "event_id": record.event_id,
         "grouping_version": record.grouping_version, "fingerprint": record.fingerprint,
         "title": record.title, "culprit": record.culprit, "level": record.level,
         "timestamp": record.timestamp, "received_at": record.received_at,
         "environment": record.environment, "release": record.release,
-        "tags": dict(record.tags), "user": record.user})
-    return b"".join((MAGIC, _LENGTH.pack(len(head)), head, record.payload))
+        "tags": dict(record.tags), "user": record.user}, record.payload)
 
 
 _FIELDS = {"project_id": int, "event_id": str, "grouping_version": int, "fingerprint": str,
@@ -79,11 +79,12 @@ _FIELDS = {"project_id": int, "event_id": str, "grouping_version": int, "fingerp
            "received_at": float}
 
 
-def decode(data: bytes) -> EventRecord:
-    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _LENGTH.size:
-        raise RecordError("not an event record (bad magic)")
-    start = len(MAGIC) + _LENGTH.size
-    (length,) = _LENGTH.unpack_from(data, len(MAGIC))
+def split_framed(data: bytes, magic: bytes, what: str) -> tuple[dict[str, Any], bytes]:
+    """(JSON header, payload) of a record framed as magic, header length, header."""
+    start = len(magic) + _LENGTH.size
+    if not data.startswith(magic) or len(data) < start:
+        raise RecordError(f"not {what} (bad magic)")
+    (length,) = _LENGTH.unpack_from(data, len(magic))
     if start + length > len(data):
         raise RecordError(f"header length {length} runs past the record's end")
     try:
@@ -92,6 +93,16 @@ def decode(data: bytes) -> EventRecord:
         raise RecordError(f"header is not JSON: {err}") from None
     if not isinstance(header, dict):
         raise RecordError("header is not a JSON object")
+    return header, data[start + length:]
+
+
+def frame(magic: bytes, header: dict[str, Any], payload: bytes) -> bytes:
+    head = orjson.dumps(header)
+    return b"".join((magic, _LENGTH.pack(len(head)), head, payload))
+
+
+def decode(data: bytes) -> EventRecord:
+    header, payload = split_framed(data, MAGIC, "an event record")
     for name, kind in _FIELDS.items():
         value = header.get(name)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -106,7 +117,7 @@ def decode(data: bytes) -> EventRecord:
     header["tags"] = _tags(header.get("tags", ()))
     header["user"] = _user(header.get("user"))
     try:
-        return EventRecord(**header, payload=data[start + length:])
+        return EventRecord(**header, payload=payload)
     except TypeError as err:
         raise RecordError(f"header has unexpected fields: {err}") from None
 

@@ -10,36 +10,17 @@ connection to send its first command. Each refusal is counted by reason.
 
 from __future__ import annotations
 
-import collections
-
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from daemon.client_slots import ClientSlots
 
-class ConnectionSlots:
+
+class ConnectionSlots(ClientSlots):
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.open = Gauge("egen_smtp_connections", "Open SMTP connections.",
-                          registry=registry)
-        self.refused = Counter(
+        super().__init__(Counter(
             "egen_smtp_connections_refused_total",
             "SMTP connections refused or closed by a bound: max_connections, "
             "max_per_client, first_command_timeout, idle_timeout.",
-            ["reason"], registry=registry)
-        self._per_client: collections.Counter[str] = collections.Counter()
-
-    def admit(self, client: str, *, limit: int, exempt: bool) -> bool:
-        """Takes a slot for `client`; False (counted) when it already holds `limit`."""
-        if not exempt and self._per_client[client] >= limit:
-            self.refused.labels("max_per_client").inc()
-            return False
-        self._per_client[client] += 1
-        return True
-
-    def release(self, client: str) -> None:
-        left = self._per_client[client] - 1
-        if left > 0:
-            self._per_client[client] = left
-        else:
-            del self._per_client[client]
-
-    def held_by(self, client: str) -> int:
-        return self._per_client[client]
+            ["reason"], registry=registry))
+        self.open = Gauge("egen_smtp_connections", "Open SMTP connections.",
+                          registry=registry)

@@ -15,13 +15,13 @@ setting for any of these (its handler_args cover line and field sizes only).
 from __future__ import annotations
 
 import asyncio
-import collections
 from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CollectorRegistry, Counter
 
+from daemon.client_slots import ClientSlots
 from daemon.logs import fields, get_logger
 
 log = get_logger("http")
@@ -38,34 +38,16 @@ _TOO_MANY = _raw("503 Service Unavailable", "too many connections from this addr
 _TIMEOUT = _raw("408 Request Timeout", "the request head took too long\n")
 
 
-class HttpBounds:
+class HttpBounds(ClientSlots):
     def __init__(self, registry: CollectorRegistry, *, header_timeout: float,
                  body_timeout: float, max_per_client: int) -> None:
+        super().__init__(Counter(
+            "egen_http_connections_refused_total",
+            "HTTP connections refused or closed by a bound: max_per_client, "
+            "header_timeout, body_timeout.", ["reason"], registry=registry))
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.max_per_client = max_per_client
-        self.refused = Counter(
-            "egen_http_connections_refused_total",
-            "HTTP connections refused or closed by a bound: max_per_client, "
-            "header_timeout, body_timeout.", ["reason"], registry=registry)
-        self._per_client: collections.Counter[str] = collections.Counter()
-
-    def admit(self, client: str) -> bool:
-        if self._per_client[client] >= self.max_per_client:
-            self.refused.labels("max_per_client").inc()
-            return False
-        self._per_client[client] += 1
-        return True
-
-    def release(self, client: str) -> None:
-        left = self._per_client[client] - 1
-        if left > 0:
-            self._per_client[client] = left
-        else:
-            del self._per_client[client]
-
-    def held_by(self, client: str) -> int:
-        return self._per_client[client]
 
 
 class BoundedServer:
@@ -96,7 +78,7 @@ class _BoundedHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-        if not self._bounds.admit(client):
+        if not self._bounds.admit(client, limit=self._bounds.max_per_client):
             log.warning("connection refused", extra=fields(
                 client=client, reason="max_connections_per_client",
                 held=self._bounds.held_by(client)))
