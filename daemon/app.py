@@ -97,7 +97,7 @@ class DatabaseComponent:
     name = "database"
 
     def __init__(self, settings: Settings, heartbeat_every: float = 30.0) -> None:
-        self.db = database_for(settings)
+        self.db = database_for(settings.database, settings.state_dir)
         self.node_id = nodes.new_node_id()
         self.heartbeat_every = heartbeat_every
         self._heartbeat: asyncio.Task[None] | None = None
@@ -152,24 +152,29 @@ class App:
         mail_journal = self.journals.get("mail")
         self.mail_flusher = JournalConsumer(mail_journal, self._store_mail, name="mail",
                                             registry=self.registry)
-        self.smtp = SmtpServer(settings, mail_journal, self.registry)
+        self.smtp = SmtpServer(settings.smtp, settings.dkim, mail_journal, self.registry,
+                               hostname=settings.hostname, state_dir=settings.state_dir,
+                               drain_timeout=settings.drain_timeout)
         events_journal = self.journals.get("events")
         self.projects = ProjectRegistry(list(settings.projects), lambda: self.database.db.pool)
         self.ingestor = Ingestor(events_journal, self.registry,
                                  max_event_size=settings.ingest.max_event_size,
                                  with_facets=settings.ingest.facets)
-        self.alerts = AlertService(settings, pool=lambda: self.database.db.pool,
+        self.alerts = AlertService(settings.alerts, hostname=settings.hostname,
+                                   base_url=settings.base_url,
+                                   pool=lambda: self.database.db.pool,
                                    owner=lambda: self.database.node_id, projects=self.projects,
-                                   mail=lambda: self.smtp.context, registry=self.registry)
+                                   mail=lambda: self.smtp.submitter, registry=self.registry)
         self.relay_reports = RelayReporter(lambda: self.settings.alerts, settings.hostname,
                                            lambda: self.database.db.pool, self.projects,
                                            self.ingestor)
         self.delivery = DeliveryWorker(
-            settings, lambda: self.database.db.pool, lambda: self.database.node_id,
-            self.registry, on_final=Notifier(lambda: self.smtp.context,
-                                             hostname=settings.hostname,
-                                             postmaster=settings.delivery.postmaster,
-                                             lifetime=settings.delivery.lifetime),
+            settings.delivery, settings.routes, lambda: self.database.db.pool,
+            lambda: self.database.node_id, self.registry, hostname=settings.hostname,
+            drain_timeout=settings.drain_timeout,
+            on_final=Notifier(lambda: self.smtp.submitter, hostname=settings.hostname,
+                              postmaster=settings.delivery.postmaster,
+                              lifetime=settings.delivery.lifetime),
             on_report=self.relay_reports)
         partitions = Partitions()
         self.digester = Digester(self.registry, max_event_size=settings.ingest.max_event_size,
@@ -188,7 +193,8 @@ class App:
         GelfHttpEndpoint(self.ingestor, self.projects, settings.ingest).mount(self.http.app)
         OperatorApi(lambda: self.database.db.pool, settings.ingest.api_token,
                     settings.ingest.api_read_token).mount(self.http.app)
-        self.web = WebUi(settings, lambda: self.database.db.pool,
+        self.web = WebUi(settings.web, lambda: self.database.db.pool,
+                         ingest=lambda: self.settings.ingest,
                          listen=lambda: (self.http.addresses or settings.http.listen)[0],
                          projects_changed=self.projects.refresh)
         self.web.mount(self.http.app)
@@ -198,10 +204,10 @@ class App:
                              self.registry, tcp=list(settings.ingest.tcp))
         self.http.add_readiness_check("database", self.database.readiness)
         self.http.add_readiness_check("journal", self.journals.readiness)
-        self.on_reload(self.smtp.reload, SmtpServer.RELOADS)
-        self.on_reload(self.projects.reload, ("projects",))
-        self.on_reload(self.alerts.reload, ("alerts",))
-        self.on_reload(self.web.reload, tuple(
+        self.on_reload(lambda new: self.smtp.reload(new.smtp, new.dkim), SmtpServer.RELOADS)
+        self.on_reload(lambda new: self.projects.reload(new.projects), ("projects",))
+        self.on_reload(lambda new: self.alerts.reload(new.alerts), ("alerts",))
+        self.on_reload(lambda new: self.web.reload(new.web), tuple(
             f"web.{f.name}" for f in dataclasses.fields(settings.web) if f.name != "enabled"))
         # Order matters: storage first, listeners last, so nothing is accepted that
         # cannot be made durable; stop() walks it backwards.

@@ -85,7 +85,8 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
                 channel = settings.alerts.channel(name)
                 assert channel is not None   # the config check saw to it
                 send_id = await conn.fetchval("SELECT nextval('alert_sends_id_seq')")
-                body = compose.body(channel, [alert], settings=settings, now=now,
+                body = compose.body(channel, [alert], now=now, hostname=settings.hostname,
+                                    sender=compose.sender(settings.alerts, settings.hostname),
                                     delivery_id=f"test-{send_id}")
                 await conn.execute(
                     "INSERT INTO alert_sends (id, channel, created_at, alerts, test, body, "

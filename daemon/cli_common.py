@@ -33,7 +33,7 @@ def with_database(args: argparse.Namespace,
     setup_logging("warning", settings.log.format)
 
     async def main() -> T:
-        db = database_for(settings, owns_embedded=False)
+        db = database_for(settings.database, settings.state_dir, owns_embedded=False)
         await db.start()
         try:
             return await work(db.pool)

@@ -60,7 +60,7 @@ def _settings_and_keys(args: argparse.Namespace) -> tuple[Settings, list[DkimKey
 
     settings = load_settings(args)
     try:
-        keyring = load_keyring(settings)
+        keyring = load_keyring(settings.dkim)
     except (DkimError, OSError) as err:
         sys.stderr.write(f"egen: {err}\n")
         return None

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from daemon.alerts.settings import AlertSettings
 from daemon.dnssetup.settings import DnsSettings
@@ -23,6 +22,7 @@ from daemon.mail.routing import RouteSettings, check_routes
 from daemon.mail.settings import DeliverySettings, DkimSettings, SmtpSettings
 from daemon.typedtoml import DURATION, SIZE, Invalid, Issue, Loader, Secret, caught
 from daemon.units import HostPort, format_duration, format_size
+from daemon.urlmask import mask_url_password
 from daemon.web.settings import WebSettings
 
 DEFAULT_PATH = Path("/etc/egen/egen.toml")
@@ -113,6 +113,11 @@ class Settings:
     # hide the problems of the others.
     partial_check: ClassVar[bool] = True
 
+    @property
+    def base_url(self) -> str:
+        """Where SDKs, operators and links in alerts reach egen's HTTP side."""
+        return self.ingest.public_url or f"http://{self.http.listen[0]}"
+
     def check(self) -> Iterator[Invalid]:
         if self.drain_timeout <= 0:
             yield Invalid("drain_timeout", "must be positive")
@@ -173,7 +178,7 @@ def _with_source(settings: Settings, source: Path) -> Settings:
 def summary(settings: Settings) -> list[tuple[str, str]]:
     """What `egen check-config` prints: where egen would listen and keep its data."""
     db = settings.database
-    database = (_mask_url(db.url.reveal()) if db.url is not None
+    database = (mask_url_password(db.url.reveal()) if db.url is not None
                 else f"embedded Postgres in {settings.state_dir / 'postgres'}")
     rows = [
         ("config", str(settings.source)),
@@ -188,14 +193,6 @@ def summary(settings: Settings) -> list[tuple[str, str]]:
         ("log", f"{settings.log.level}, {settings.log.format}"),
     ]
     return rows
-
-
-def _mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _smtp_summary(settings: Settings) -> list[tuple[str, str]]:

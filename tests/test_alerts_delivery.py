@@ -20,7 +20,6 @@ import pytest
 from aiohttp import web
 
 from daemon.app import App
-from daemon.mail.submit import submit_local
 from tests.eventfixtures import PROJECTS, dsn, run_sdk, stored
 from tests.mailfixtures import dns_of, mail_config, started_app, verify_all
 from tests.smtpsink import Sink
@@ -211,10 +210,10 @@ async def test_bounces_become_issues_of_the_relay_project(
     message = (b"From: app@example.com\r\nTo: nobody@example.net\r\n"
                b"Subject: invoice\r\n\r\nhello\r\n")
     async with started_app(alerts_config(tmp_path, pg_url, sink, receiver)) as app:
-        assert app.smtp.context is not None
+        submitter = app.smtp.submitter
+        assert submitter is not None
         for _ in range(2):
-            await submit_local(app.smtp.context, sender="app@example.com",
-                               recipients=["nobody@example.net"], message=message)
+            await submitter.submit("app@example.com", ["nobody@example.net"], message)
         await sink.handler.wait_for(2)      # the two DSNs, sent after the reports
         await stored(app)
         issues = await relay_issues(app)

@@ -84,7 +84,9 @@ class World:
         self.offset = 0
 
     def new_service(self, settings: config.Settings) -> AlertService:
-        return AlertService(settings, pool=lambda: self.db.pool, owner=lambda: "node-a",
+        return AlertService(settings.alerts, hostname=settings.hostname,
+                            base_url=settings.base_url, pool=lambda: self.db.pool,
+                            owner=lambda: "node-a",
                             projects=self.projects, mail=lambda: None,
                             registry=CollectorRegistry(), clock=self.clock)
 

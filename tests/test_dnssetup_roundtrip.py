@@ -47,7 +47,7 @@ def publish(server: DnsServer, records: list[DnsRecord]) -> None:
 
 
 def keys_of(settings: Settings) -> list:
-    keyring = load_keyring(settings)
+    keyring = load_keyring(settings.dkim)
     return [key for domain in keyring.domains for key in keyring.signer_for(domain).keys]
 
 

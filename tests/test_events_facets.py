@@ -31,7 +31,8 @@ from daemon.events.facets import (
     facets,
     user_identity,
 )
-from daemon.events.normalize import Event, InvalidEvent, normalize_event
+from daemon.events.model import Event, InvalidEvent
+from daemon.events.normalize import normalize_event
 
 RECEIVED = 1_768_478_500.0
 CORPUS = Path(__file__).parent / "data" / "sentry_events"

@@ -20,7 +20,8 @@ from daemon.events.fingerprint import (
     grouping_hash,
     normalize_path,
 )
-from daemon.events.normalize import Event, normalize_event
+from daemon.events.model import Event
+from daemon.events.normalize import normalize_event
 from daemon.events.parameterize import parameterize
 
 CORPUS = Path(__file__).parent / "data" / "sentry_events"

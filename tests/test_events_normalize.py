@@ -17,13 +17,8 @@ from hypothesis import strategies as st
 
 from daemon.events.eventtext import MAX_NAME, MAX_TITLE
 from daemon.events.fingerprint import grouping_hash
-from daemon.events.normalize import (
-    LEVELS,
-    Event,
-    Frame,
-    InvalidEvent,
-    normalize_event,
-)
+from daemon.events.model import Event, Frame, InvalidEvent
+from daemon.events.normalize import LEVELS, normalize_event
 
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "sentry_events"

@@ -310,7 +310,7 @@ async def test_config_users_follow_the_config_on_reload(pg_url: str, tmp_path: P
             users[VIEWER] = WebUserSettings(Secret(hash_password("new-vic", ln=4)))
             settings = dataclasses.replace(app.settings,
                                            web=dataclasses.replace(changed, users=users))
-            await app.web.reload(settings)
+            await app.web.reload(settings.web)
             assert (await admin.get("/issues"))[0] == 302     # removed user: session gone
             assert (await viewer.get("/issues"))[0] == 302    # new password: session gone
             assert await pool.fetchval("SELECT array_agg(name) FROM web_users") == [VIEWER]

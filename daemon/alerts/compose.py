@@ -17,17 +17,17 @@ from daemon.alerts.render import (
     render_generic,
     render_slack,
 )
-from daemon.alerts.settings import ChannelSettings
+from daemon.alerts.settings import AlertSettings, ChannelSettings
 from daemon.events import queries
 from daemon.events.queries import Db
 
 FRAMES = 5
 
 
-def issue_url(settings: Any, issue_id: int) -> str:
-    """The issue in the operator API, at the address SDKs and operators reach egen."""
-    base = settings.ingest.public_url or f"http://{settings.http.listen[0]}"
-    return f"{base.rstrip('/')}/api/v1/issues/{issue_id}"
+def issue_url(base_url: str, issue_id: int) -> str:
+    """The issue in the operator API, at the address SDKs and operators reach egen
+    (`Settings.base_url`)."""
+    return f"{base_url.rstrip('/')}/api/v1/issues/{issue_id}"
 
 
 def top_frames(exceptions: list[dict[str, Any]]) -> tuple[Frame, ...]:
@@ -44,7 +44,7 @@ def _time(text: str | None) -> datetime:
     return datetime.fromisoformat(text) if text else datetime.now(UTC)
 
 
-async def summaries(db: Db, settings: Any, issue_ids: Sequence[int]
+async def summaries(db: Db, base_url: str, issue_ids: Sequence[int]
                     ) -> dict[int, IssueSummary]:
     found = {}
     for issue_id in dict.fromkeys(issue_ids):
@@ -56,23 +56,23 @@ async def summaries(db: Db, settings: Any, issue_ids: Sequence[int]
             culprit=issue["culprit"], level=issue["level"], status=issue["status"],
             count=issue["count"], first_seen=_time(issue["first_seen"]),
             last_seen=_time(issue["last_seen"]), environment=issue["environment"],
-            release=issue["release"], url=issue_url(settings, issue_id),
+            release=issue["release"], url=issue_url(base_url, issue_id),
             frames=top_frames(issue["stacktrace"]))
     return found
 
 
-def body(channel: ChannelSettings, alerts: Sequence[Alert], *, settings: Any, now: float,
-         delivery_id: str) -> bytes:
+def body(channel: ChannelSettings, alerts: Sequence[Alert], *, sender: str, hostname: str,
+         now: float, delivery_id: str) -> bytes:
     if channel.type == "email":
-        return render_email(alerts, sender=sender(settings), recipients=channel.to,
-                            hostname=settings.hostname, now=now)
+        return render_email(alerts, sender=sender, recipients=channel.to,
+                            hostname=hostname, now=now)
     if channel.format == "slack":
         return render_slack(alerts)
     return render_generic(alerts, delivery_id=delivery_id)
 
 
-def sender(settings: Any) -> str:
-    return str(settings.alerts.sender or f"egen@{settings.hostname}")
+def sender(alerts: AlertSettings, hostname: str) -> str:
+    return str(alerts.sender or f"egen@{hostname}")
 
 
 def sample_alert(project: str, now: float) -> Alert:

@@ -18,9 +18,8 @@ import aiohttp
 
 from daemon import __version__
 from daemon.mail import envelope
-from daemon.mail.intake import IntakeContext
 from daemon.mail.message import MessageRejected
-from daemon.mail.submit import Refused, submit_local
+from daemon.mail.submit import Refused, Submitter
 
 
 @dataclass(frozen=True)
@@ -57,15 +56,15 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes, *, secret:
                       type(err).__name__)
 
 
-async def queue_mail(context: IntakeContext | None, *, sender: str, recipients: list[str],
+async def queue_mail(submitter: Submitter | None, *, sender: str, recipients: list[str],
                      body: bytes, seed: str) -> Result:
     """Queue the alert mail under a queue ID derived from `seed`, so queueing it again
     after a crash stores it once."""
-    if context is None:
+    if submitter is None:
         return Result(False, "mail intake is not running")
     try:
-        queue_id = await submit_local(context, sender=sender, recipients=recipients,
-                                      message=body, queue_id=envelope.queue_id_for(seed))
+        queue_id = await submitter.submit(sender, recipients, body,
+                                          queue_id=envelope.queue_id_for(seed))
     except Refused as err:
         return Result(False, err.reply, retry=err.reply.startswith("4"))
     except (MessageRejected, ValueError) as err:

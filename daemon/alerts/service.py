@@ -26,11 +26,10 @@ from daemon.alerts import compose, rules, store
 from daemon.alerts.delivery import Result, post, queue_mail
 from daemon.alerts.render import Alert
 from daemon.alerts.settings import AlertSettings, ChannelSettings
-from daemon.config import Settings
 from daemon.events.projects import ProjectRegistry
 from daemon.events.store import IssueChange
 from daemon.logs import fields, get_logger
-from daemon.mail.intake import IntakeContext
+from daemon.mail.submit import Submitter
 
 log = get_logger("alerts")
 
@@ -55,11 +54,14 @@ class AlertMetrics:
 class AlertService:
     name = "alerts"
 
-    def __init__(self, settings: Settings, *, pool: Callable[[], asyncpg.Pool],
+    def __init__(self, settings: AlertSettings, *, hostname: str, base_url: str,
+                 pool: Callable[[], asyncpg.Pool],
                  owner: Callable[[], str], projects: ProjectRegistry,
-                 mail: Callable[[], IntakeContext | None], registry: CollectorRegistry,
+                 mail: Callable[[], Submitter | None], registry: CollectorRegistry,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self.hostname = hostname
+        self.base_url = base_url
         self._pool = pool
         self._owner = owner
         self.projects = projects
@@ -76,7 +78,7 @@ class AlertService:
 
     @property
     def config(self) -> AlertSettings:
-        return self.settings.alerts
+        return self.settings
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
@@ -89,7 +91,7 @@ class AlertService:
         if self._session is not None:
             await self._session.close()
 
-    async def reload(self, settings: Settings) -> None:
+    async def reload(self, settings: AlertSettings) -> None:
         self.settings = settings
         self.wake()
 
@@ -168,12 +170,13 @@ class AlertService:
             waiting = await store.pending(conn, channel.name, DIGEST_LIMIT)
             if not waiting:
                 return
-            issues = await compose.summaries(conn, self.settings, [p.issue_id for p in waiting])
+            issues = await compose.summaries(conn, self.base_url, [p.issue_id for p in waiting])
             alerts = [Alert(p.kind, issues[p.issue_id], p.detail)  # type: ignore[arg-type]
                       for p in waiting if p.issue_id in issues]
             if not alerts:
                 return
-            body = compose.body(channel, alerts, settings=self.settings, now=now,
+            body = compose.body(channel, alerts, now=now, hostname=self.hostname,
+                                sender=compose.sender(self.settings, self.hostname),
                                 delivery_id=uuid.uuid4().hex)
             send_id = await store.add_send(conn, channel.name, body, now=now,
                                            notifications=[p.id for p in waiting],
@@ -198,7 +201,7 @@ class AlertService:
                             retry=False)
         elif channel.type == "email":
             result = await queue_mail(
-                self._mail(), sender=compose.sender(self.settings),
+                self._mail(), sender=compose.sender(self.settings, self.hostname),
                 recipients=list(channel.to), body=send.body,
                 seed=f"alert-send:{send.id}:{send.created_at.isoformat()}")
         else:

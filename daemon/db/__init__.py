@@ -2,7 +2,8 @@
 
 from daemon.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from daemon.db.migrate import MigrationError, migrate
-from daemon.db.pool import Database, DatabaseError, mask_password
+from daemon.db.pool import Database, DatabaseError
+from daemon.urlmask import mask_url_password as mask_password
 
 __all__ = [
     "Database",

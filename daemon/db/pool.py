@@ -7,7 +7,7 @@ import asyncio
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import orjson
@@ -15,9 +15,10 @@ import orjson
 from daemon.db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from daemon.db.migrate import MigrationError, migrate
 from daemon.logs import fields, get_logger
+from daemon.urlmask import mask_url_password
 
 if TYPE_CHECKING:
-    from daemon.config import Settings
+    from daemon.config import DatabaseSettings
 
 log = get_logger("db")
 
@@ -53,20 +54,6 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
-
-
-def mask_password(url: str) -> str:
-    """The URL with any password (user:pw@ or ?password=) replaced by ***."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable database url>"
-    netloc = parts.netloc
-    userinfo, at, hostinfo = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostinfo}"
-    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _secrets_in(url: str) -> list[str]:
@@ -129,7 +116,7 @@ class Database:
     def dsn_for_display(self) -> str:
         if self._url is None:
             return f"embedded ({self._data_dir})"
-        return mask_password(self._url)
+        return mask_url_password(self._url)
 
     async def start(self) -> None:
         """Start the embedded cluster if needed, connect, apply migrations."""
@@ -236,12 +223,13 @@ class Database:
         return text
 
 
-def database_for(settings: Settings, *, owns_embedded: bool = True) -> Database:
-    """The database the settings describe; operator verbs pass owns_embedded=False."""
-    db = settings.database
+def database_for(db: DatabaseSettings, state_dir: Path, *,
+                 owns_embedded: bool = True) -> Database:
+    """The database the `[database]` section describes (the embedded cluster under
+    `state_dir` when it names no URL); operator verbs pass owns_embedded=False."""
     return Database(
         url=db.url.reveal() if db.url is not None else None,
-        data_dir=settings.state_dir / "postgres",
+        data_dir=state_dir / "postgres",
         min_size=db.pool_min_size if owns_embedded else 0,
         max_size=db.pool_max_size if owns_embedded else 2,
         connect_timeout=db.connect_timeout, statement_timeout=db.statement_timeout,

@@ -8,7 +8,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from daemon.events.normalize import ExceptionInfo, Frame
+    from daemon.events.model import ExceptionInfo, Frame
 
 MAX_TITLE = 1024
 MAX_NAME = 200  # culprit, transaction, release, server_name, tags, fingerprint entries

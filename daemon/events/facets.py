@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from daemon.events.eventtext import truncate
-from daemon.events.normalize import Event
+from daemon.events.model import Event
 
 MAX_TAGS = 64          # per event; built-in ones first, then custom tags in order
 MAX_KEY = 64

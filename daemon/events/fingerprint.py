@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
-from daemon.events.normalize import Event, ExceptionInfo, Frame
+from daemon.events.model import Event, ExceptionInfo, Frame
 from daemon.events.parameterize import parameterize
 
 GROUPING_VERSION = 1

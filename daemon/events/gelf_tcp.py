@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from daemon.logs import fields, get_logger
 
 if TYPE_CHECKING:
-    from daemon.events.udp import UdpIngest, _Listener
+    from daemon.events.settings import DatagramListenerSettings
 
 log = get_logger("events.gelf_tcp")
 
@@ -26,7 +27,35 @@ MAX_CONNECTIONS = 1000       # per listener; each may buffer up to MAX_FRAME
 MAX_PER_SOURCE = 50
 
 
-async def serve(owner: UdpIngest, listener: _Listener) -> asyncio.Server:
+class TcpListener(Protocol):
+    """The per-listener state a GELF TCP server reads and keeps its connections in."""
+
+    settings: DatagramListenerSettings
+    label: str
+    closed: bool
+    connections: set[asyncio.StreamWriter]
+    per_source: dict[str, int]    # open connections by source address
+
+
+L = TypeVar("L", bound=TcpListener)
+
+
+class FrameSink(Protocol[L]):
+    """Where frames go: the owner of the listeners (the UDP ingest), which queues and
+    decodes them as it does datagrams."""
+
+    def source_allowed(self, listener: L, addr: Any) -> bool: ...
+
+    def note_rejected(self, listener: L, reason: str) -> None: ...
+
+    def full(self, listener: L) -> bool: ...
+
+    def received(self, listener: L, data: bytes, addr: Any) -> None: ...
+
+    async def wait_until(self, done: Callable[[], bool]) -> None: ...
+
+
+async def serve(owner: FrameSink[L], listener: L) -> asyncio.Server:
     address = listener.settings.listen
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -61,7 +90,7 @@ async def serve(owner: UdpIngest, listener: _Listener) -> asyncio.Server:
                                       limit=MAX_FRAME)
 
 
-async def _frames(owner: UdpIngest, listener: _Listener, reader: asyncio.StreamReader,
+async def _frames(owner: FrameSink[L], listener: L, reader: asyncio.StreamReader,
                   peer: Any) -> None:
     if not owner.source_allowed(listener, peer):
         owner.note_rejected(listener, "source")

@@ -25,6 +25,7 @@ from daemon.events.prepare import LEVEL_ORDER, Result, prepare_event
 from daemon.events.projects import Project
 from daemon.events.refusals import Refusals
 from daemon.journal import Journal, JournalFull
+from daemon.mail.ratelimit import TokenBucket
 
 YIELD_EVERY = 500
 __all__ = ["LEVEL_ORDER", "Ingestor", "Refused", "Result"]
@@ -79,42 +80,32 @@ class Ingestor:
         self.refusals = Refusals(registry)
         self.max_event_size = max_event_size
         self.journal_retry_after = journal_retry_after
-        # Per project: (tokens, when). Tokens refill at rate_limit per minute up to one
-        # minute's worth; a batch larger than what is left is admitted when the bucket
-        # is not in debt and leaves it in debt, so a big batch costs its full size.
-        self._buckets: dict[int, tuple[float, float]] = {}
-
-    def _tokens(self, project: Project) -> tuple[float, float]:
-        """(tokens in the project's bucket now, now)."""
-        limit = float(project.rate_limit)
-        now = time.monotonic()
-        tokens, then = self._buckets.get(project.id, (limit, now))
-        return min(limit, tokens + (now - then) * limit / 60.0), now
+        # Per project id: tokens refill at rate_limit per minute up to one minute's
+        # worth; a batch larger than what is left is admitted when the bucket is not in
+        # debt and leaves it in debt, so a big batch costs its full size. Projects are
+        # configured, not made up by senders: the table's bound is only a backstop.
+        self._buckets = TokenBucket(per=60.0, max_keys=1_000_000)
 
     def admit(self, project: Project, count: int, source: str) -> None:
         """Take `count` events from the project's rate limit, or refuse them all."""
         limit = project.rate_limit
         if limit <= 0 or count == 0:
             return
-        tokens, now = self._tokens(project)
-        if tokens < min(count, 1.0) or (count <= limit and tokens < count):
-            self._buckets[project.id] = (tokens, now)
+        wait = self._buckets.charge(project.id, count, rate=float(limit), burst=float(limit))
+        if wait is not None:
             self.metrics.outcome(source, "rate_limited").inc(count)
-            wanted = min(float(count), float(limit))
-            wait = max(1, math.ceil((wanted - tokens) * 60.0 / limit))
             raise Refused(f"project {project.name!r} is over its rate limit of "
-                          f"{limit} events per minute", wait)
-        self._buckets[project.id] = (tokens - count, now)
+                          f"{limit} events per minute", max(1, math.ceil(wait)))
 
     def take(self, project: Project, count: int, source: str) -> int:
         """How many of `count` events the project's rate limit lets through now (the
         others are counted rate_limited). For sources that cannot be told to retry (UDP,
         GELF over TCP): what fits is stored, the excess is dropped, never the batch."""
-        if project.rate_limit <= 0 or count == 0:
+        limit = project.rate_limit
+        if limit <= 0 or count == 0:
             return count
-        tokens, now = self._tokens(project)
-        allowed = min(count, max(0, math.floor(tokens)))
-        self._buckets[project.id] = (tokens - allowed, now)
+        allowed = self._buckets.take_upto(project.id, count, rate=float(limit),
+                                          burst=float(limit))
         if allowed < count:
             self.metrics.outcome(source, "rate_limited").inc(count - allowed)
         return allowed

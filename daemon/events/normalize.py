@@ -14,7 +14,6 @@ import json
 import math
 import re
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +25,7 @@ from daemon.events.eventtext import (
     title,
     truncate,
 )
+from daemon.events.model import Event, ExceptionInfo, Frame, InvalidEvent
 
 LEVELS = ("debug", "info", "warning", "error", "fatal")
 _LEVEL_ALIASES = {"warn": "warning", "critical": "fatal", "log": "info"}
@@ -41,52 +41,6 @@ MAX_FIELD = 1024  # exception types and modules, frame fields
 MAX_FRAMES = 250  # per stack trace; the middle of a deeper one is dropped
 MAX_EXCEPTIONS = 50  # per chain; the outermost ones are kept
 MAX_FUTURE = 60.0  # seconds a timestamp may lie ahead of its arrival before it is distrusted
-
-
-class InvalidEvent(ValueError):
-    """The payload cannot be read as a Sentry event. The message is `field.path: problem`."""
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    filename: str | None
-    abs_path: str | None
-    module: str | None
-    function: str | None
-    lineno: int | None
-    in_app: bool | None
-    context_line: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ExceptionInfo:
-    type: str | None
-    value: str | None
-    module: str | None
-    frames: tuple[Frame, ...]  # oldest call first, as Sentry orders them
-    handled: bool | None
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    event_id: str  # 32 lowercase hex digits
-    timestamp: float  # epoch seconds
-    level: str  # one of LEVELS
-    platform: str
-    logger: str | None
-    message: str | None  # formatted
-    message_template: str | None  # logentry.message, before its params were applied
-    exceptions: tuple[ExceptionInfo, ...]  # the last one is the one raised at top level
-    stacktrace: tuple[Frame, ...]  # top-level `stacktrace`, or the crashed/current thread's
-    title: str
-    culprit: str  # "" when nothing names a place
-    transaction: str | None
-    release: str | None
-    environment: str | None
-    server_name: str | None
-    tags: tuple[tuple[str, str], ...]
-    fingerprint: tuple[str, ...] | None
-    payload: dict[str, Any] = field(compare=False, repr=False)
 
 
 def normalize_event(data: dict[str, Any], *, received: float) -> Event:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from daemon.events.record import RecordError, frame, split_framed
+from daemon.events.record import RecordError
+from daemon.journal_framing import frame, split_framed
 
 MAGIC = b"EP1"
 
@@ -38,7 +39,7 @@ def encode_pending(event: PendingEvent) -> bytes:
 
 
 def decode_pending(data: bytes) -> PendingEvent:
-    head, payload = split_framed(data, MAGIC, "a pending event record")
+    head, payload = split_framed(data, MAGIC, "a pending event record", RecordError)
     project_id, received = head.get("project_id"), head.get("received_at")
     if type(project_id) is not int or type(received) not in (int, float):
         raise RecordError("header lacks project_id or received_at")

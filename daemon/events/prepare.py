@@ -14,7 +14,8 @@ import orjson
 
 from daemon.events.facets import facets
 from daemon.events.fingerprint import GROUPING_VERSION, grouping_hash
-from daemon.events.normalize import InvalidEvent, normalize_event
+from daemon.events.model import InvalidEvent
+from daemon.events.normalize import normalize_event
 from daemon.events.record import EventRecord, encode
 
 LEVEL_ORDER = {"debug": 0, "info": 1, "warning": 2, "error": 3, "fatal": 4}

@@ -10,9 +10,8 @@ waits for Postgres: while it is away, the last list read stays in force.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -21,9 +20,6 @@ from daemon.db.refresher import Refresher
 from daemon.events.settings import ProjectSettings, check_key, check_name
 from daemon.logs import fields, get_logger
 from daemon.typedtoml import Invalid
-
-if TYPE_CHECKING:
-    from daemon.config import Settings
 
 log = get_logger("events.projects")
 
@@ -155,12 +151,12 @@ class ProjectRegistry:
     async def stop(self) -> None:
         await self._refresher.stop()
 
-    async def reload(self, settings: Settings) -> None:
+    async def reload(self, projects: Sequence[ProjectSettings]) -> None:
         """SIGHUP: the config's projects as they are now (a key removed from egen.toml
         stops working at once, not at the next restart)."""
         try:
-            await sync_config(self._pool(), list(settings.projects))
-            self._configured = list(settings.projects)
+            await sync_config(self._pool(), list(projects))
+            self._configured = list(projects)
             await self.refresh()
         except (ValueError, DatabaseError, asyncpg.PostgresError, asyncpg.InterfaceError,
                 OSError, TimeoutError) as err:

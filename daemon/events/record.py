@@ -10,16 +10,14 @@ GIL), which keeps that work off the event loop that answers SDKs.
 from __future__ import annotations
 
 import math
-import struct
 import threading
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
 import zstandard
 
+from daemon.journal_framing import frame, split_framed
+
 MAGIC = b"EV1"
-_LENGTH = struct.Struct(">I")
 # zstandard's (de)compressor objects must not be shared between threads (concurrent use
 # crashes the process), and batches are compressed in worker threads: one per thread.
 _local = threading.local()
@@ -79,30 +77,8 @@ _FIELDS = {"project_id": int, "event_id": str, "grouping_version": int, "fingerp
            "received_at": float}
 
 
-def split_framed(data: bytes, magic: bytes, what: str) -> tuple[dict[str, Any], bytes]:
-    """(JSON header, payload) of a record framed as magic, header length, header."""
-    start = len(magic) + _LENGTH.size
-    if not data.startswith(magic) or len(data) < start:
-        raise RecordError(f"not {what} (bad magic)")
-    (length,) = _LENGTH.unpack_from(data, len(magic))
-    if start + length > len(data):
-        raise RecordError(f"header length {length} runs past the record's end")
-    try:
-        header = orjson.loads(data[start:start + length])
-    except orjson.JSONDecodeError as err:
-        raise RecordError(f"header is not JSON: {err}") from None
-    if not isinstance(header, dict):
-        raise RecordError("header is not a JSON object")
-    return header, data[start + length:]
-
-
-def frame(magic: bytes, header: dict[str, Any], payload: bytes) -> bytes:
-    head = orjson.dumps(header)
-    return b"".join((magic, _LENGTH.pack(len(head)), head, payload))
-
-
 def decode(data: bytes) -> EventRecord:
-    header, payload = split_framed(data, MAGIC, "an event record")
+    header, payload = split_framed(data, MAGIC, "an event record", RecordError)
     for name, kind in _FIELDS.items():
         value = header.get(name)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):

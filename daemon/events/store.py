@@ -26,12 +26,10 @@ from daemon.consumer import PoisonRecord
 from daemon.events.partitions import Partitions, day_of
 from daemon.events.record import EventRecord, RecordError, compress, decode
 from daemon.journal import Record
+from daemon.journal_store import DATA_ERRORS, find_poison
 from daemon.logs import fields, get_logger
 
 log = get_logger("events.store")
-
-_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
-                asyncpg.ProgramLimitExceededError)
 
 _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS event_batch (
@@ -322,7 +320,7 @@ def event_store(pool: Callable[[], asyncpg.Pool], partitions: Partitions,
         try:
             _, changes = await write_batch(pool(), partitions, events,
                                            with_facets=with_facets)
-        except _DATA_ERRORS as err:
+        except DATA_ERRORS as err:
             await _find_poison(pool(), partitions, events, records, err,
                                with_facets=with_facets)
             raise
@@ -338,11 +336,12 @@ def event_store(pool: Callable[[], asyncpg.Pool], partitions: Partitions,
 async def _find_poison(pool: asyncpg.Pool, partitions: Partitions,
                        events: Sequence[EventRecord], records: Sequence[Record],
                        batch_error: Exception, *, with_facets: bool) -> None:
-    log.warning("event batch refused; retrying it event by event", extra=fields(
-        events=len(events), error=f"{type(batch_error).__name__}: {batch_error}"))
-    for event, record in zip(events, records, strict=True):
-        try:
-            await write_batch(pool, partitions, [event], with_facets=with_facets)
-        except _DATA_ERRORS as err:
-            raise PoisonRecord(record.position, f"event {event.event_id}: Postgres refused "
-                                                f"it: {type(err).__name__}: {err}") from None
+    def refused(count: int, error: Exception) -> None:
+        log.warning("event batch refused; retrying it event by event", extra=fields(
+            events=count, error=f"{type(error).__name__}: {error}"))
+
+    async def write(batch: Sequence[EventRecord]) -> object:
+        return await write_batch(pool, partitions, batch, with_facets=with_facets)
+
+    await find_poison(write, events, [record.position for record in records], batch_error,
+                      describe=lambda event: f"event {event.event_id}", on_refused=refused)

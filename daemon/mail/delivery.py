@@ -20,15 +20,16 @@ from typing import Any, TypeVar
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from daemon.config import Settings
 from daemon.logs import fields, get_logger
 from daemon.mail import delivery_store as store
-from daemon.mail import transport_maildir
 from daemon.mail.mx import MxResolver
 from daemon.mail.outcome import Outcome
 from daemon.mail.retry import RetryPolicy, next_attempt
-from daemon.mail.routing import Route, Router
-from daemon.mail.transport_smtp import Job, SmtpTransport
+from daemon.mail.routing import Route, Router, RouteSettings
+from daemon.mail.settings import DeliverySettings
+from daemon.mail.transport import Job, Transport
+from daemon.mail.transport_maildir import MaildirTransport
+from daemon.mail.transport_smtp import MxTransport, SmarthostTransport, SmtpTransport
 
 log = get_logger("delivery")
 maillog = get_logger("maillog")
@@ -43,6 +44,16 @@ ReportHook = Callable[[Sequence[Report]], Awaitable[None]]
 Group = tuple[list[store.Result], list[Final], list[Report]]
 T = TypeVar("T")
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def _maildir(route: RouteSettings, smtp: SmtpTransport) -> Transport:
+    assert route.path is not None       # RouteSettings.check: a maildir route needs path
+    return MaildirTransport(route.path)
+
+
+# A route's `transport` -> how its Transport is made (SMTP ones share the connections).
+TRANSPORTS: dict[str, Callable[[RouteSettings, SmtpTransport], Transport]] = {
+    "mx": MxTransport, "smarthost": SmarthostTransport, "maildir": _maildir}
 
 
 class DeliveryMetrics:
@@ -82,28 +93,33 @@ class DeliveryWorker:
     # How long a claim waits for its slowest groups before the loop moves on, seconds.
     linger = 1.0
 
-    def __init__(self, settings: Settings, pool: Callable[[], asyncpg.Pool],
-                 owner: Callable[[], str], registry: CollectorRegistry,
-                 *, on_final: BounceHook | None = None, on_report: ReportHook | None = None,
+    def __init__(self, settings: DeliverySettings, routes: Sequence[RouteSettings],
+                 pool: Callable[[], asyncpg.Pool], owner: Callable[[], str],
+                 registry: CollectorRegistry, *, hostname: str, drain_timeout: float,
+                 on_final: BounceHook | None = None, on_report: ReportHook | None = None,
                  rng: random.Random | None = None) -> None:
         self.settings = settings
+        self.drain_timeout = drain_timeout
         self._pool = pool
         self._owner = owner
         self.metrics = DeliveryMetrics(registry)
         self.on_final = on_final
         self.on_report = on_report
         self.rng = rng or random.Random()
-        d = settings.delivery
+        d = settings
         self.policy = RetryPolicy(first_retry=d.first_retry, max_backoff=d.max_backoff,
                                   lifetime=d.lifetime)
-        self.router = Router(list(settings.routes))
+        self.router = Router(list(routes))
         self._routes: dict[str, Route] = {}
         self.transport = SmtpTransport(
-            helo=settings.hostname, port=d.port,
+            helo=hostname, port=d.port,
             resolver=MxResolver(nameservers=d.nameservers, timeout=d.dns_timeout),
             connect_timeout=d.connect_timeout, command_timeout=d.command_timeout,
             concurrency=d.concurrency, per_destination=d.per_destination,
             connections=self.metrics.connections)
+        # One per route, by Route.index.
+        self._transports: list[Transport] = [
+            TRANSPORTS[r.transport](r, self.transport) for r in self.router.routes]
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -121,7 +137,7 @@ class DeliveryWorker:
         self._wakeup.set()
 
     async def start(self) -> None:
-        if not self.settings.delivery.enabled:
+        if not self.settings.enabled:
             log.info("delivery disabled on this node (delivery.enabled = false)")
             return
         self._task = asyncio.create_task(self._run(), name="delivery")
@@ -131,15 +147,14 @@ class DeliveryWorker:
         self._wakeup.set()
         if self._task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._task),
-                                       self.settings.drain_timeout)
+                await asyncio.wait_for(asyncio.shield(self._task), self.drain_timeout)
             except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
         await self.transport.close()
 
     async def _run(self) -> None:
-        d = self.settings.delivery
+        d = self.settings
         # Claim again only for a worthwhile batch, unless nothing is in flight.
         least = max(1, d.batch // 10)
         try:
@@ -226,7 +241,7 @@ class DeliveryWorker:
         groups: dict[tuple[str, str, str], list[store.Claimed]] = defaultdict(list)
         for item in claimed:
             route = self.route(item.domain)
-            target = item.domain if route.settings.transport == "mx" else ""
+            target = item.domain if self._transports[route.index].per_domain else ""
             groups[(item.message_id, route.key, target)].append(item)
         self._in_flight += len(claimed)
         self.metrics.in_flight.set(self._in_flight)
@@ -321,7 +336,7 @@ class DeliveryWorker:
             self._flushing = False
 
     def _warning_due(self, message: store.ClaimedMessage, now: datetime) -> bool:
-        after = self.settings.delivery.delay_warning
+        after = self.settings.delay_warning
         return (after > 0 and not message.warned
                 and (now - message.received_at).total_seconds() >= after)
 
@@ -379,18 +394,13 @@ class DeliveryWorker:
 
     async def _attempt(self, message: store.ClaimedMessage,
                        items: list[store.Claimed]) -> list[Outcome]:
-        route = self.route(items[0].domain).settings
+        transport = self._transports[self.route(items[0].domain).index]
         job = Job(queue_id=message.id, sender=message.sender,
                   recipients=[(i.idx, i.recipient) for i in items], data=message.data,
-                  smtputf8=message.smtputf8, body_8bit=message.body_8bit)
+                  smtputf8=message.smtputf8, body_8bit=message.body_8bit,
+                  domain=items[0].domain)
         try:
-            if route.transport == "maildir":
-                assert route.path is not None
-                return await asyncio.to_thread(transport_maildir.deliver, route.path,
-                                               message.id, job.recipients, message.data)
-            if route.transport == "smarthost":
-                return await self.transport.deliver_smarthost(route, job)
-            return await self.transport.deliver_mx(items[0].domain, route, job)
+            return await transport.deliver(job)
         except Exception as err:   # a bug must not lose mail: defer and say why
             log.exception("delivery attempt failed", extra=fields(queue_id=message.id))
             return [Outcome(i.idx, "deferred", 451, f"4.3.0 local error: "

@@ -2,7 +2,8 @@
 
 The journal record is a small binary frame, not JSON with the message inside: the signed
 message bytes go in raw (no base64 growth, no copy through a JSON encoder), and only the
-envelope is JSON. Layout: b"EM1" | u32 envelope length | envelope JSON | message bytes.
+envelope is JSON. Layout (daemon.journal_framing): b"EM1" | u32 envelope length |
+envelope JSON | message bytes.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import struct
 from dataclasses import dataclass
+from typing import Any
 
-import orjson
+from daemon.journal_framing import frame, split_framed
 
 _MAGIC = b"EM1"
-_LENGTH = struct.Struct(">I")
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: IDs never spell words
 
 
@@ -70,8 +70,8 @@ class Envelope:
     dsn_notify: tuple[str | None, ...] = ()
     dsn_orcpt: tuple[str | None, ...] = ()
 
-    def to_json(self) -> bytes:
-        return orjson.dumps({
+    def header(self) -> dict[str, Any]:
+        return {
             "queue_id": self.queue_id, "sender": self.sender,
             "recipients": list(self.recipients), "received_at": self.received_at,
             "client_ip": self.client_ip, "helo": self.helo, "auth_user": self.auth_user,
@@ -79,27 +79,17 @@ class Envelope:
             "message_id": self.message_id, "signed_by": list(self.signed_by),
             "size": self.size, "dsn_ret": self.dsn_ret, "dsn_envid": self.dsn_envid,
             "dsn_notify": list(self.dsn_notify), "dsn_orcpt": list(self.dsn_orcpt),
-        })
+        }
 
 
 def encode(envelope: Envelope, message: bytes) -> bytes:
-    head = envelope.to_json()
-    return b"".join((_MAGIC, _LENGTH.pack(len(head)), head, message))
+    return frame(_MAGIC, envelope.header(), message)
 
 
 def decode(record: bytes) -> tuple[Envelope, bytes]:
     """Inverse of `encode`; EnvelopeError names what is wrong with a bad record."""
-    if not record.startswith(_MAGIC):
-        raise EnvelopeError(f"not a mail record (starts with {record[:3]!r})")
-    if len(record) < len(_MAGIC) + _LENGTH.size:
-        raise EnvelopeError("mail record truncated before the envelope length")
-    (length,) = _LENGTH.unpack_from(record, len(_MAGIC))
-    start = len(_MAGIC) + _LENGTH.size
-    if start + length > len(record):
-        raise EnvelopeError(f"mail record envelope of {length} bytes exceeds the record")
+    doc, message = split_framed(record, _MAGIC, "a mail record", EnvelopeError)
     try:
-        doc = orjson.loads(record[start:start + length])
-        message = record[start + length:]
         envelope = Envelope(
             queue_id=str(doc["queue_id"]), sender=str(doc["sender"]),
             recipients=tuple(str(r) for r in doc["recipients"]),
@@ -111,7 +101,7 @@ def decode(record: bytes) -> tuple[Envelope, bytes]:
             dsn_ret=doc.get("dsn_ret"), dsn_envid=doc.get("dsn_envid"),
             dsn_notify=tuple(doc.get("dsn_notify") or ()),
             dsn_orcpt=tuple(doc.get("dsn_orcpt") or ()))
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise EnvelopeError(f"mail record envelope is malformed: {err}") from None
     if envelope.size != len(message):
         raise EnvelopeError(f"mail record says {envelope.size} bytes but holds {len(message)}")

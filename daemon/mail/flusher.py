@@ -14,15 +14,12 @@ import asyncpg
 
 from daemon.consumer import PoisonRecord
 from daemon.journal import Position, Record
+from daemon.journal_store import DATA_ERRORS, find_poison
 from daemon.logs import fields, get_logger
 from daemon.mail.envelope import Envelope, EnvelopeError, decode
 from daemon.mail.queue_store import Unstorable, check_storable, insert_messages
 
 log = get_logger("mail.flusher")
-
-# Errors about the data, not the connection: retrying the same rows cannot help.
-_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
-                asyncpg.ProgramLimitExceededError)
 
 
 def mail_store(pool: asyncpg.Pool) -> Callable[[list[Record]], Awaitable[None]]:
@@ -39,7 +36,7 @@ def mail_store(pool: asyncpg.Pool) -> Callable[[list[Record]], Awaitable[None]]:
             positions.append(record.position)
         try:
             inserted = await insert_messages(pool, messages)
-        except _DATA_ERRORS as err:
+        except DATA_ERRORS as err:
             await _find_poison(pool, messages, positions, err)
             raise   # each message alone went in: not the data after all, retry the batch
         if len(inserted) < len(messages):
@@ -53,12 +50,13 @@ async def _find_poison(pool: asyncpg.Pool, messages: Sequence[tuple[Envelope, by
                        positions: Sequence[Position], batch_error: Exception) -> None:
     """Insert one message at a time (idempotent, so the ones that go in stay in) and raise
     PoisonRecord for the first one Postgres refuses."""
-    log.warning("queue insert refused a batch; retrying it message by message",
-                extra=fields(messages=len(messages),
-                             error=f"{type(batch_error).__name__}: {batch_error}"))
-    for message, position in zip(messages, positions, strict=True):
-        try:
-            await insert_messages(pool, [message])
-        except _DATA_ERRORS as err:
-            raise PoisonRecord(position, f"queue ID {message[0].queue_id}: Postgres refused "
-                                         f"it: {type(err).__name__}: {err}") from None
+    def refused(count: int, error: Exception) -> None:
+        log.warning("queue insert refused a batch; retrying it message by message",
+                    extra=fields(messages=count, error=f"{type(error).__name__}: {error}"))
+
+    async def insert(batch: Sequence[tuple[Envelope, bytes]]) -> object:
+        return await insert_messages(pool, batch)
+
+    await find_poison(insert, messages, positions, batch_error,
+                      describe=lambda message: f"queue ID {message[0].queue_id}",
+                      on_refused=refused)

@@ -30,7 +30,7 @@ from daemon.mail.policy import User, check_header_from, check_mail_from
 from daemon.mail.sendgrid_json import each_message, parse
 from daemon.mail.sendgrid_mime import build
 from daemon.mail.sendgrid_model import FieldError, SendRequest, SendRequestInvalid
-from daemon.mail.submit import Origin, Refused, Signed, queue, sign
+from daemon.mail.submit import Origin, Refused, Signed
 
 if TYPE_CHECKING:
     from daemon.mail.intake import IntakeContext
@@ -135,7 +135,7 @@ class SendApi:
             return 200, {}
         signed = await self._sign_all(ctx, parsed, user, client, tls=request.secure)
         try:
-            await queue(ctx, signed)
+            await ctx.submitter.queue(signed)
         except Refused as refused:
             raise self._refusal(refused, None) from None
         ids = [s.record.queue_id for s in signed]
@@ -217,9 +217,9 @@ class SendApi:
             origin = Origin(client_ip=client, helo="api", auth_user=user.name,
                             tls="HTTPS" if tls else None, smtputf8=False, body_8bit=False)
             try:
-                signed.append(await sign(ctx, queue_id=queue_id, sender=sender.email,
-                                         recipients=p.recipients, prepared=prepared,
-                                         origin=origin, now=now))
+                signed.append(await ctx.submitter.sign(
+                    queue_id=queue_id, sender=sender.email, recipients=p.recipients,
+                    prepared=prepared, origin=origin, now=now))
             except Refused as refused:
                 raise self._refusal(refused, from_field) from None
         return signed

@@ -15,7 +15,6 @@ import ipaddress
 import secrets
 import time
 from collections.abc import Mapping
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +22,6 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import LoginPassword, Session
 from prometheus_client import CollectorRegistry, Counter
 
-from daemon.journal import Journal
 from daemon.logs import fields, get_logger
 from daemon.mail import envelope as queue_record
 from daemon.mail.dkim import KeyRing
@@ -40,7 +38,7 @@ from daemon.mail.policy import (
 from daemon.mail.ratelimit import FailureLimiter, TokenBucket
 from daemon.mail.settings import ListenerSettings, SmtpSettings
 from daemon.mail.smtpd import EgenSMTP
-from daemon.mail.submit import DsnRequest, Origin, Refused, sign_and_queue
+from daemon.mail.submit import DsnRequest, Origin, Refused, Submitter
 
 log = get_logger("smtp")
 maillog = get_logger("maillog")
@@ -72,19 +70,24 @@ def client_address(host: str) -> str:
 
 @dataclass
 class IntakeContext:
-    """What every listener's handler shares; replaced wholesale on SIGHUP."""
+    """What every listener's handler shares; replaced wholesale on SIGHUP. Signing and
+    queueing are the submitter's; the rest is the listeners' policy."""
 
-    hostname: str
     smtp: SmtpSettings
     users: Mapping[str, User]
-    keyring: KeyRing
-    refuse_unsigned: bool
-    journal: Journal
-    sign_pool: Executor
+    submitter: Submitter
     metrics: IntakeMetrics
     client_rate: TokenBucket
     user_rate: TokenBucket
     auth_failures: FailureLimiter
+
+    @property
+    def hostname(self) -> str:
+        return self.submitter.hostname
+
+    @property
+    def keyring(self) -> KeyRing:
+        return self.submitter.keyring
 
 
 class CredentialCache:
@@ -290,8 +293,8 @@ class IntakeHandler:
             dsn = DsnRequest(
                 ret=getattr(envelope, "dsn_ret", None), envid=getattr(envelope, "dsn_envid", None),
                 notify=tuple(n for n, _ in per_rcpt), orcpt=tuple(o for _, o in per_rcpt))
-            queueing = asyncio.ensure_future(sign_and_queue(
-                ctx, queue_id=queue_id, sender=sender or "", recipients=envelope.rcpt_tos,
+            queueing = asyncio.ensure_future(ctx.submitter.sign_and_queue(
+                queue_id=queue_id, sender=sender or "", recipients=envelope.rcpt_tos,
                 prepared=prepared, origin=origin, now=now, dsn=dsn))
             try:
                 await asyncio.shield(queueing)

@@ -14,10 +14,9 @@ from daemon.logs import fields, get_logger
 from daemon.mail.bounce import RecipientStatus, build_dsn
 from daemon.mail.delivery import Final
 from daemon.mail.dsn_params import should_notify
-from daemon.mail.intake import IntakeContext
 from daemon.mail.message import MessageRejected
 from daemon.mail.outcome import Outcome
-from daemon.mail.submit import Refused, submit_local
+from daemon.mail.submit import Refused, Submitter
 
 log = get_logger("delivery")
 
@@ -38,16 +37,16 @@ def _status(outcome: Outcome, status: str) -> str:
 
 
 class Notifier:
-    def __init__(self, context: Callable[[], IntakeContext | None], *, hostname: str,
+    def __init__(self, submitter: Callable[[], Submitter | None], *, hostname: str,
                  postmaster: str | None, lifetime: float) -> None:
-        self._context = context
+        self._submitter = submitter
         self.lifetime = lifetime
         self.hostname = hostname
         self.postmaster = postmaster or f"postmaster@{hostname}"
 
     async def __call__(self, finals: Sequence[Final]) -> None:
-        context = self._context()
-        if context is None:
+        submitter = self._submitter()
+        if submitter is None:
             log.error("cannot send delivery status notifications: mail intake is not running")
             return
         now = time.time()
@@ -76,8 +75,7 @@ class Notifier:
                     arrival=message.received_at.timestamp(), now=now,
                     envid=message.dsn_envid, ret=message.dsn_ret,  # type: ignore[arg-type]
                     message_id_domain=self.hostname)
-                queue_id = await submit_local(context, sender="", recipients=[message.sender],
-                                              message=dsn)
+                queue_id = await submitter.submit("", [message.sender], dsn)
             except (Refused, MessageRejected, ValueError) as err:
                 log.error("could not queue a delivery status notification", extra=fields(
                     queue_id=message.id, sender=message.sender, error=str(err)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 Clock = Callable[[], float]
@@ -24,24 +24,39 @@ def _check_max_keys(max_keys: int) -> None:
         raise ValueError(f"max_keys must be at least 1, not {max_keys}")
 
 
+def _check_limits(rate: float, burst: float) -> None:
+    if not rate > 0 or not math.isfinite(rate):
+        raise ValueError(f"rate must be a positive number of tokens per second, not {rate}")
+    if not burst > 0 or not math.isfinite(burst):
+        raise ValueError(f"burst must be positive, not {burst}")
+
+
 class TokenBucket:
-    """`rate` tokens per second refill each key's bucket up to `burst`.
+    """`rate` tokens per `per` seconds (default: per second) refill each key's bucket up
+    to `burst`.
 
     A key not in the table has a full bucket, so a new client may send `burst` at once.
+    `rate` and `burst` may instead be given with each call (`charge`, `take_upto`), for
+    keys whose limits differ (the error tracker's projects); a bucket built without them
+    serves only such calls.
     """
 
-    def __init__(self, *, rate: float, burst: float, max_keys: int = 10_000,
+    def __init__(self, *, rate: float | None = None, burst: float | None = None,
+                 per: float = 1.0, max_keys: int = 10_000,
                  clock: Clock = time.monotonic) -> None:
-        if not rate > 0 or not math.isfinite(rate):
-            raise ValueError(f"rate must be a positive number of tokens per second, not {rate}")
-        if not burst > 0 or not math.isfinite(burst):
-            raise ValueError(f"burst must be positive, not {burst}")
+        if (rate is None) != (burst is None):
+            raise ValueError("rate and burst go together: give both or neither")
+        if rate is not None and burst is not None:
+            _check_limits(rate, burst)
+        if not per > 0 or not math.isfinite(per):
+            raise ValueError(f"per must be a positive number of seconds, not {per}")
         _check_max_keys(max_keys)
         self.rate = rate
         self.burst = burst
+        self.per = per
         self.max_keys = max_keys
         self._clock = clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
+        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()  # tokens, at
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -49,43 +64,87 @@ class TokenBucket:
     def retune(self, *, rate: float, burst: float) -> None:
         """New limits from a reload; every key keeps what it has used (up to the new
         burst), so a SIGHUP is no way around a limit."""
-        fresh = TokenBucket(rate=rate, burst=burst, max_keys=self.max_keys)   # validates
-        self.rate, self.burst = fresh.rate, fresh.burst
+        _check_limits(rate, burst)
+        self.rate, self.burst = rate, burst
 
-    def _tokens(self, key: str, now: float) -> float:
+    def _limits(self, rate: float | None, burst: float | None) -> tuple[float, float]:
+        """(rate, burst) for one call: the ones given, else the bucket's own."""
+        if rate is None or burst is None:
+            if rate is not None or burst is not None:
+                raise ValueError("rate and burst go together: give both or neither")
+            if self.rate is None or self.burst is None:
+                raise ValueError("this bucket has no limits of its own: give rate and burst")
+            return self.rate, self.burst
+        _check_limits(rate, burst)
+        return rate, burst
+
+    def _tokens(self, key: Hashable, now: float, rate: float, burst: float) -> float:
+        """Tokens in the key's bucket at `now`: below zero while a batch's debt lasts."""
         state = self._buckets.get(key)
         if state is None:
-            return self.burst
+            return burst
         tokens, at = state
         # max(): an injected clock that steps back must not drain the bucket.
-        return min(self.burst, tokens + max(0.0, now - at) * self.rate)
+        return min(burst, tokens + max(0.0, now - at) * rate / self.per)
 
-    def _check_amount(self, amount: float) -> None:
-        if amount < 0 or amount > self.burst:
-            raise ValueError(f"amount {amount} can never be taken from a bucket of {self.burst}")
-
-    def take(self, key: str, amount: float = 1.0) -> bool:
-        """Consume `amount` tokens if they are there; a refusal consumes nothing."""
-        self._check_amount(amount)
-        now = self._clock()
-        tokens = self._tokens(key, now)
-        allowed = tokens >= amount
-        if allowed:
-            tokens -= amount
+    def _store(self, key: Hashable, tokens: float, now: float) -> None:
         self._buckets[key] = (tokens, now)
         self._buckets.move_to_end(key)
         if len(self._buckets) > self.max_keys:
             self._buckets.popitem(last=False)
+
+    @staticmethod
+    def _check_amount(amount: float, burst: float) -> None:
+        if amount < 0 or amount > burst:
+            raise ValueError(f"amount {amount} can never be taken from a bucket of {burst}")
+
+    def take(self, key: Hashable, amount: float = 1.0) -> bool:
+        """Consume `amount` tokens if they are there; a refusal consumes nothing."""
+        rate, burst = self._limits(None, None)
+        self._check_amount(amount, burst)
+        now = self._clock()
+        tokens = self._tokens(key, now, rate, burst)
+        allowed = tokens >= amount
+        if allowed:
+            tokens -= amount
+        self._store(key, tokens, now)
         return allowed
 
-    def retry_after(self, key: str, amount: float = 1.0) -> float:
+    def retry_after(self, key: Hashable, amount: float = 1.0) -> float:
         """Seconds until `take(key, amount)` would succeed (0.0 if it would now).
 
         For the text of a 451 reply; it does not count as a use of the key.
         """
-        self._check_amount(amount)
-        missing = amount - self._tokens(key, self._clock())
-        return max(0.0, missing / self.rate)
+        rate, burst = self._limits(None, None)
+        self._check_amount(amount, burst)
+        missing = amount - self._tokens(key, self._clock(), rate, burst)
+        return max(0.0, missing * self.per / rate)
+
+    def charge(self, key: Hashable, amount: float, *, rate: float | None = None,
+               burst: float | None = None) -> float | None:
+        """Take `amount` tokens for a batch, which may be larger than `burst`: it is taken
+        when the tokens are there, and a batch larger than the burst is taken whenever the
+        bucket is not in debt (holds at least one token), leaving it in debt, so a big
+        batch costs its full size. None when taken; else nothing is consumed and the
+        answer is the seconds until min(amount, burst) tokens are there."""
+        rate, burst = self._limits(rate, burst)
+        now = self._clock()
+        tokens = self._tokens(key, now, rate, burst)
+        if tokens < min(amount, 1.0) or (amount <= burst and tokens < amount):
+            self._store(key, tokens, now)
+            return (min(amount, burst) - tokens) * self.per / rate
+        self._store(key, tokens - amount, now)
+        return None
+
+    def take_upto(self, key: Hashable, amount: int, *, rate: float | None = None,
+                  burst: float | None = None) -> int:
+        """Take as many whole tokens of `amount` as are there; how many were taken."""
+        rate, burst = self._limits(rate, burst)
+        now = self._clock()
+        tokens = self._tokens(key, now, rate, burst)
+        taken = min(amount, max(0, math.floor(tokens)))
+        self._store(key, tokens - taken, now)
+        return taken
 
 
 @dataclass

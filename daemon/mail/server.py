@@ -10,12 +10,12 @@ import asyncio
 import dataclasses
 import ssl
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from daemon.config import Settings
 from daemon.journal import Journal
 from daemon.logs import fields, get_logger
 from daemon.mail.dkim import DkimError, DkimKey, KeyRing, generate_key, load_key
@@ -30,9 +30,10 @@ from daemon.mail.intake import (
 from daemon.mail.passwords import parse_hash
 from daemon.mail.policy import User, in_networks, parse_sender_pattern
 from daemon.mail.ratelimit import FailureLimiter, TokenBucket
-from daemon.mail.settings import ListenerSettings, SmtpSettings
+from daemon.mail.settings import DkimSettings, ListenerSettings, SmtpSettings
 from daemon.mail.smtp_slots import ConnectionSlots
 from daemon.mail.smtpd import EgenSMTP
+from daemon.mail.submit import Submitter
 from daemon.mail.tls import TlsError, ensure_self_signed, load_into, server_context
 from daemon.units import HostPort
 
@@ -44,10 +45,10 @@ class SmtpStartError(Exception):
     pass
 
 
-def load_keyring(settings: Settings) -> KeyRing:
+def load_keyring(dkim: DkimSettings) -> KeyRing:
     """Every configured DKIM key, generated first where `generate = true` asks for it."""
     keys: list[DkimKey] = []
-    for entry in settings.dkim.keys:
+    for entry in dkim.keys:
         if entry.generate and not entry.key_file.exists():
             entry.key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_private_key(generate_key(entry.algorithm), entry.key_file)
@@ -67,11 +68,19 @@ def load_keyring(settings: Settings) -> KeyRing:
     return KeyRing(keys)
 
 
-def load_users(settings: Settings) -> dict[str, User]:
+def load_users(smtp: SmtpSettings) -> dict[str, User]:
     return {name: User(name=name, password=parse_hash(user.password_hash.reveal()),
                        allowed_senders=tuple(parse_sender_pattern(p)
                                              for p in user.allowed_senders))
-            for name, user in settings.smtp.users.items()}
+            for name, user in smtp.users.items()}
+
+
+@dataclass(frozen=True)
+class SmtpSections:
+    """The config sections SMTP intake runs with (what reload() replaces)."""
+
+    smtp: SmtpSettings
+    dkim: DkimSettings
 
 
 class SmtpServer:
@@ -82,9 +91,14 @@ class SmtpServer:
                "smtp.tls_cert", "smtp.tls_key", "smtp.users", "smtp.rate_per_user",
                "smtp.rate_per_client", "smtp.auth_failures", "smtp.auth_block", "dkim")
 
-    def __init__(self, settings: Settings, journal: Journal, registry: CollectorRegistry,
-                 *, sign_threads: int = 2) -> None:
-        self.settings = settings
+    def __init__(self, smtp: SmtpSettings, dkim: DkimSettings, journal: Journal,
+                 registry: CollectorRegistry, *, hostname: str, state_dir: Path,
+                 drain_timeout: float, sign_threads: int = 2) -> None:
+        self.settings = SmtpSections(smtp=smtp, dkim=dkim)
+        # Not reloadable: fixed at start.
+        self.hostname = hostname
+        self.state_dir = state_dir
+        self.drain_timeout = drain_timeout
         self.journal = journal
         self.metrics = IntakeMetrics(registry)
         self.sign_pool = ThreadPoolExecutor(max_workers=sign_threads,
@@ -112,15 +126,22 @@ class SmtpServer:
         if self._in_data == 0:
             self._no_data.set()
 
+    @property
+    def submitter(self) -> Submitter | None:
+        """The current signing and queueing path (new keys after a reload), for egen's
+        own mail; None before start."""
+        return self.context.submitter if self.context is not None else None
+
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
         smtp = self.settings.smtp
         try:
             # Built even without listeners: egen's own mail (bounces) is signed with it.
-            self.context = await asyncio.to_thread(self._build_context, self.settings)
+            self.context = await asyncio.to_thread(self._build_context, smtp,
+                                                   self.settings.dkim)
             if any(listener.tls != "none" for listener in smtp.listeners):
-                cert, key = await asyncio.to_thread(self._cert_paths, self.settings)
+                cert, key = await asyncio.to_thread(self._cert_paths, smtp)
                 self.tls_context = await asyncio.to_thread(server_context, cert, key)
         except (DkimError, TlsError, ValueError, OSError) as err:
             raise SmtpStartError(str(err)) from None
@@ -141,8 +162,7 @@ class SmtpServer:
                 log.info("listening", extra=fields(
                     proto="smtp", address=str(bound), tls=listener.tls, auth=listener.auth))
 
-    def _build_context(self, settings: Settings) -> IntakeContext:
-        smtp = settings.smtp
+    def _build_context(self, smtp: SmtpSettings, dkim: DkimSettings) -> IntakeContext:
         previous = self.context
         if previous is None:
             client_rate = TokenBucket(rate=smtp.rate_per_client.per_minute / 60,
@@ -156,10 +176,12 @@ class SmtpServer:
             # running; only the limits change.
             client_rate, user_rate = previous.client_rate, previous.user_rate
             auth_failures = previous.auth_failures
+        submitter = Submitter(
+            hostname=self.hostname, keyring=load_keyring(dkim),
+            refuse_unsigned=dkim.unsigned == "refuse", journal=self.journal,
+            executor=self.sign_pool, metrics=self.metrics)
         return IntakeContext(
-            hostname=settings.hostname, smtp=smtp, users=load_users(settings),
-            keyring=load_keyring(settings), refuse_unsigned=settings.dkim.unsigned == "refuse",
-            journal=self.journal, sign_pool=self.sign_pool, metrics=self.metrics,
+            smtp=smtp, users=load_users(smtp), submitter=submitter, metrics=self.metrics,
             client_rate=client_rate, user_rate=user_rate, auth_failures=auth_failures)
 
     def _retune(self, smtp: SmtpSettings) -> None:
@@ -171,19 +193,17 @@ class SmtpServer:
                              burst=smtp.rate_per_user.burst)
         ctx.auth_failures.retune(max_failures=smtp.auth_failures, block=smtp.auth_block)
 
-    @staticmethod
-    def _cert_paths(settings: Settings) -> tuple[Path, Path]:
-        smtp = settings.smtp
+    def _cert_paths(self, smtp: SmtpSettings) -> tuple[Path, Path]:
         if smtp.tls_cert is not None and smtp.tls_key is not None:
             return smtp.tls_cert, smtp.tls_key
-        return ensure_self_signed(settings.state_dir / "tls", settings.hostname)
+        return ensure_self_signed(self.state_dir / "tls", self.hostname)
 
     def _protocol(self, listener: ListenerSettings) -> asyncio.Protocol:
         assert self.context is not None
         smtp = self.settings.smtp
         if len(self._sessions) >= smtp.max_connections:
             self.slots.refused.labels("max_connections").inc()
-            return _Refuse(f"421 4.7.0 {self.settings.hostname} Too many connections; "
+            return _Refuse(f"421 4.7.0 {self.hostname} Too many connections; "
                            f"try again later\r\n")
         handler = self._handlers.get(id(listener))
         if handler is None or handler.context is not self.context:
@@ -192,7 +212,7 @@ class SmtpServer:
         session = _TrackedSMTP(
             self, handler, allow_auth=listener.auth != "none",
             data_size_limit=smtp.max_message_size, enable_SMTPUTF8=True,
-            decode_data=False, hostname=self.settings.hostname, ident="egen ESMTP",
+            decode_data=False, hostname=self.hostname, ident="egen ESMTP",
             tls_context=self.tls_context if listener.tls == "starttls" else None,
             require_starttls=listener.require_tls, timeout=smtp.timeout,
             auth_require_tls=not listener.allow_plaintext_auth,
@@ -208,7 +228,7 @@ class SmtpServer:
         if self._in_data:
             log.info("waiting for messages in transfer", extra=fields(count=self._in_data))
             try:
-                await asyncio.wait_for(self._no_data.wait(), self.settings.drain_timeout)
+                await asyncio.wait_for(self._no_data.wait(), self.drain_timeout)
             except TimeoutError:
                 log.warning("messages still in transfer at drain timeout; their clients "
                             "were not answered and will retry", extra=fields(
@@ -222,24 +242,23 @@ class SmtpServer:
         self.addresses = []
         self.sign_pool.shutdown(wait=False, cancel_futures=True)
 
-    async def reload(self, settings: Settings) -> None:
+    async def reload(self, smtp: SmtpSettings, dkim: DkimSettings) -> None:
         """New users, keys, limits and certificate for new sessions (RELOADS); the
-        limiters keep their state, and listeners stay as they are."""
+        limiters keep their state, and listeners (and the host name) stay as they are."""
         try:
-            context = await asyncio.to_thread(self._build_context, settings)
+            context = await asyncio.to_thread(self._build_context, smtp, dkim)
             if self.tls_context is not None:
-                cert, key = await asyncio.to_thread(self._cert_paths, settings)
+                cert, key = await asyncio.to_thread(self._cert_paths, smtp)
                 await asyncio.to_thread(load_into, self.tls_context, cert, key)
         except (DkimError, TlsError, ValueError, OSError) as err:
             log.error("smtp reload failed; keeping the previous keys and certificate",
                       extra=fields(error=str(err)))
             return
         # Only what RELOADS names: listeners and the rest stay as they were at start.
-        self.settings = dataclasses.replace(
-            self.settings, dkim=settings.dkim,
-            smtp=dataclasses.replace(settings.smtp, listeners=self.settings.smtp.listeners))
-        self.context = dataclasses.replace(context, hostname=self.settings.hostname)
-        self._retune(settings.smtp)
+        self.settings = SmtpSections(
+            dkim=dkim, smtp=dataclasses.replace(smtp, listeners=self.settings.smtp.listeners))
+        self.context = context
+        self._retune(smtp)
         self.credentials.clear()
         log.info("smtp reloaded", extra=fields(users=len(context.users),
                                                dkim_domains=",".join(context.keyring.domains)))
@@ -270,7 +289,7 @@ class _TrackedSMTP(EgenSMTP):
             log.warning("connection refused", extra=fields(
                 client=client, reason="max_connections_per_client",
                 held=owner.slots.held_by(client)))
-            _Refuse(f"421 4.7.0 {owner.settings.hostname} Too many connections from "
+            _Refuse(f"421 4.7.0 {owner.hostname} Too many connections from "
                     f"{client}; try again later\r\n").connection_made(transport)
             return
         self.client = client
@@ -291,7 +310,7 @@ class _TrackedSMTP(EgenSMTP):
         self.owner.slots.refused.labels(reason).inc()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(  # type: ignore[attr-defined]
-                f"421 4.4.2 {self.owner.settings.hostname} Error: timeout "
+                f"421 4.4.2 {self.owner.hostname} Error: timeout "
                 "exceeded\r\n".encode())
         super()._timeout_cb()
         # Closed in the middle of a STARTTLS handshake, the connection never reaches

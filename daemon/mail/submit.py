@@ -1,7 +1,9 @@
 """The one way into the mail queue: sign a prepared message and append it, with its
-envelope, to the mail journal. SMTP intake uses it after its policy checks; egen's own
-mail (bounces, alerts) uses `submit_local`, so that mail is signed, queued, retried and
-logged exactly like an application's.
+envelope, to the mail journal. A `Submitter` holds only what that takes (key ring,
+signing threads, journal, counters, host name); SMTP intake and the send API use it
+after their policy checks, and egen's own mail (bounces, alerts) calls
+`Submitter.submit`, so that mail is signed, queued, retried and logged exactly like an
+application's.
 """
 
 from __future__ import annotations
@@ -9,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from daemon.journal import JournalError, JournalFull
+from prometheus_client import Counter
+
+from daemon.journal import Journal, JournalError, JournalFull
 from daemon.logs import fields, get_logger
 from daemon.mail import envelope as queue_record
-from daemon.mail.dkim import DkimError, DkimMessageError
+from daemon.mail.dkim import DkimError, DkimMessageError, KeyRing
 from daemon.mail.message import PreparedMessage, prepare
-
-if TYPE_CHECKING:
-    from daemon.mail.intake import IntakeContext
 
 log = get_logger("smtp")
 maillog = get_logger("maillog")
@@ -64,87 +66,106 @@ class Signed:
     origin: Origin
 
 
-async def sign(ctx: IntakeContext, *, queue_id: str, sender: str, recipients: Sequence[str],
-               prepared: PreparedMessage, origin: Origin, now: float,
-               dsn: DsnRequest | None = None) -> Signed:
-    """DKIM signatures on top and the queue record; raises Refused."""
-    signer = ctx.keyring.signer_for(prepared.from_domain)
-    if signer is None and ctx.refuse_unsigned:
-        raise Refused("no_dkim_key", f"550 5.7.1 No DKIM key for {prepared.from_domain}; "
-                      "refusing to relay unsigned mail")
-    signatures = b""
-    if signer is not None:
-        loop = asyncio.get_running_loop()
+class SubmitMetrics(Protocol):
+    """The counters a submission moves (IntakeMetrics has them)."""
+
+    messages: Counter       # labels: outcome, reason
+    recipients: Counter
+    bytes: Counter
+
+
+@dataclass(frozen=True)
+class Submitter:
+    """Signing and queueing, and nothing of a listener's policy; rebuilt (with the new
+    key ring) on every reload, so callers ask for the current one each time."""
+
+    hostname: str
+    keyring: KeyRing
+    refuse_unsigned: bool
+    journal: Journal
+    executor: Executor          # where DKIM signing runs
+    metrics: SubmitMetrics
+
+    async def sign(self, *, queue_id: str, sender: str, recipients: Sequence[str],
+                   prepared: PreparedMessage, origin: Origin, now: float,
+                   dsn: DsnRequest | None = None) -> Signed:
+        """DKIM signatures on top and the queue record; raises Refused."""
+        signer = self.keyring.signer_for(prepared.from_domain)
+        if signer is None and self.refuse_unsigned:
+            raise Refused("no_dkim_key", f"550 5.7.1 No DKIM key for {prepared.from_domain}; "
+                          "refusing to relay unsigned mail")
+        signatures = b""
+        if signer is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                signatures = await loop.run_in_executor(self.executor, signer.sign,
+                                                        prepared.data)
+            except DkimMessageError as err:
+                raise Refused("bad_message", f"550 5.6.0 Message cannot be signed as sent: "
+                              f"{err}") from None
+            except DkimError as err:
+                log.error("dkim signing failed", extra=fields(queue_id=queue_id, error=str(err)))
+                raise Refused("dkim_failed", "451 4.3.0 Could not sign the message; try again "
+                              "later") from None
+        message = signatures + prepared.data
+        record = queue_record.Envelope(
+            queue_id=queue_id, sender=sender, recipients=tuple(recipients), received_at=now,
+            client_ip=origin.client_ip, helo=origin.helo, auth_user=origin.auth_user,
+            tls=origin.tls, smtputf8=origin.smtputf8, body_8bit=origin.body_8bit,
+            message_id=prepared.message_id, signed_by=signed_by(signatures), size=len(message),
+            dsn_ret=dsn.ret if dsn else None, dsn_envid=dsn.envid if dsn else None,
+            dsn_notify=dsn.notify if dsn else (), dsn_orcpt=dsn.orcpt if dsn else ())
+        return Signed(record, message, origin)
+
+    async def queue(self, signed: Sequence[Signed]) -> None:
+        """Durable when it returns, all of `signed` or (raising Refused) none of it."""
         try:
-            signatures = await loop.run_in_executor(ctx.sign_pool, signer.sign, prepared.data)
-        except DkimMessageError as err:
-            raise Refused("bad_message", f"550 5.6.0 Message cannot be signed as sent: "
-                          f"{err}") from None
-        except DkimError as err:
-            log.error("dkim signing failed", extra=fields(queue_id=queue_id, error=str(err)))
-            raise Refused("dkim_failed", "451 4.3.0 Could not sign the message; try again "
+            await self.journal.append_many([queue_record.encode(s.record, s.message)
+                                            for s in signed])
+        except JournalFull:
+            raise Refused("queue_full", "451 4.3.0 Queue full; try again later") from None
+        except JournalError as err:
+            log.error("journal append failed", extra=fields(
+                queue_id=",".join(s.record.queue_id for s in signed), error=str(err)))
+            raise Refused("journal_error", "451 4.3.0 Temporary local problem; try again "
                           "later") from None
-    message = signatures + prepared.data
-    record = queue_record.Envelope(
-        queue_id=queue_id, sender=sender, recipients=tuple(recipients), received_at=now,
-        client_ip=origin.client_ip, helo=origin.helo, auth_user=origin.auth_user,
-        tls=origin.tls, smtputf8=origin.smtputf8, body_8bit=origin.body_8bit,
-        message_id=prepared.message_id, signed_by=signed_by(signatures), size=len(message),
-        dsn_ret=dsn.ret if dsn else None, dsn_envid=dsn.envid if dsn else None,
-        dsn_notify=dsn.notify if dsn else (), dsn_orcpt=dsn.orcpt if dsn else ())
-    return Signed(record, message, origin)
+        for item in signed:
+            record, origin = item.record, item.origin
+            self.metrics.messages.labels("accepted", "").inc()
+            self.metrics.recipients.inc(len(record.recipients))
+            self.metrics.bytes.inc(len(item.message))
+            maillog.info("accepted", extra=fields(
+                queue_id=record.queue_id, sender=record.sender or "<>",
+                nrcpt=len(record.recipients), size=record.size, client=origin.client_ip,
+                user=record.auth_user or "-", tls=origin.tls or "none",
+                message_id=record.message_id, dkim=";".join(record.signed_by) or "none"))
 
+    async def sign_and_queue(self, *, queue_id: str, sender: str, recipients: Sequence[str],
+                             prepared: PreparedMessage, origin: Origin, now: float,
+                             dsn: DsnRequest | None = None) -> queue_record.Envelope:
+        """Durable when it returns; raises Refused (nothing stored) otherwise."""
+        signed = await self.sign(queue_id=queue_id, sender=sender, recipients=recipients,
+                                 prepared=prepared, origin=origin, now=now, dsn=dsn)
+        await self.queue([signed])
+        return signed.record
 
-async def queue(ctx: IntakeContext, signed: Sequence[Signed]) -> None:
-    """Durable when it returns, all of `signed` or (raising Refused) none of it."""
-    try:
-        await ctx.journal.append_many([queue_record.encode(s.record, s.message)
-                                       for s in signed])
-    except JournalFull:
-        raise Refused("queue_full", "451 4.3.0 Queue full; try again later") from None
-    except JournalError as err:
-        log.error("journal append failed", extra=fields(
-            queue_id=",".join(s.record.queue_id for s in signed), error=str(err)))
-        raise Refused("journal_error", "451 4.3.0 Temporary local problem; try again "
-                      "later") from None
-    for item in signed:
-        record, origin = item.record, item.origin
-        ctx.metrics.messages.labels("accepted", "").inc()
-        ctx.metrics.recipients.inc(len(record.recipients))
-        ctx.metrics.bytes.inc(len(item.message))
-        maillog.info("accepted", extra=fields(
-            queue_id=record.queue_id, sender=record.sender or "<>",
-            nrcpt=len(record.recipients), size=record.size, client=origin.client_ip,
-            user=record.auth_user or "-", tls=origin.tls or "none",
-            message_id=record.message_id, dkim=";".join(record.signed_by) or "none"))
-
-
-async def sign_and_queue(ctx: IntakeContext, *, queue_id: str, sender: str,
-                         recipients: Sequence[str], prepared: PreparedMessage, origin: Origin,
-                         now: float, dsn: DsnRequest | None = None) -> queue_record.Envelope:
-    """Durable when it returns; raises Refused (nothing stored) otherwise."""
-    signed = await sign(ctx, queue_id=queue_id, sender=sender, recipients=recipients,
-                        prepared=prepared, origin=origin, now=now, dsn=dsn)
-    await queue(ctx, [signed])
-    return signed.record
-
-
-async def submit_local(ctx: IntakeContext, *, sender: str, recipients: Sequence[str],
-                       message: bytes, queue_id: str | None = None) -> str:
-    """Queue mail egen itself writes (bounces, alerts); returns the queue ID. A fixed
-    `queue_id` makes a repeated submission of the same mail a no-op in the queue."""
-    queue_id = queue_id or queue_record.new_queue_id()
-    now = time.time()
-    received = (f"Received: by {ctx.hostname} (egen) id {queue_id};\r\n"
-                f"\t{formatdate(now)}\r\n").encode()
-    prepared = prepare(message, received=received, hostname=ctx.hostname, now=now)
-    eight_bit = any(b > 127 for b in prepared.data)
-    await sign_and_queue(ctx, queue_id=queue_id, sender=sender, recipients=recipients,
-                         prepared=prepared, now=now,
-                         origin=Origin(client_ip="127.0.0.1", helo=ctx.hostname,
-                                       auth_user=None, tls=None, smtputf8=False,
-                                       body_8bit=eight_bit))
-    return queue_id
+    async def submit(self, sender: str, recipients: Sequence[str], message: bytes, *,
+                     queue_id: str | None = None) -> str:
+        """Queue mail egen itself writes (bounces, alerts); returns the queue ID. A fixed
+        `queue_id` makes a repeated submission of the same mail a no-op in the queue.
+        Raises Refused, or MessageRejected/ValueError for a message `prepare` refuses."""
+        queue_id = queue_id or queue_record.new_queue_id()
+        now = time.time()
+        received = (f"Received: by {self.hostname} (egen) id {queue_id};\r\n"
+                    f"\t{formatdate(now)}\r\n").encode()
+        prepared = prepare(message, received=received, hostname=self.hostname, now=now)
+        eight_bit = any(b > 127 for b in prepared.data)
+        await self.sign_and_queue(queue_id=queue_id, sender=sender, recipients=recipients,
+                                  prepared=prepared, now=now,
+                                  origin=Origin(client_ip="127.0.0.1", helo=self.hostname,
+                                                auth_user=None, tls=None, smtputf8=False,
+                                                body_8bit=eight_bit))
+        return queue_id
 
 
 def signed_by(signatures: bytes) -> tuple[str, ...]:

@@ -8,15 +8,30 @@ message. Runs in a worker thread: it is all blocking file I/O.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
 from pathlib import Path
 
 from daemon.mail.outcome import Outcome
+from daemon.mail.transport import Job
 
 _counter = 0
 _ready: set[Path] = set()   # maildirs whose tmp/new/cur exist, so not re-created per message
+
+
+class MaildirTransport:
+    """A maildir route's Transport: the blocking writes run in a worker thread."""
+
+    per_domain = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def deliver(self, job: Job) -> list[Outcome]:
+        return await asyncio.to_thread(deliver, self.path, job.queue_id, job.recipients,
+                                       job.data)
 
 
 def deliver(path: Path, queue_id: str, recipients: list[tuple[int, str]],

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import ssl
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 
 import aiosmtplib
 from prometheus_client import Gauge
@@ -22,6 +21,9 @@ from daemon.logs import fields, get_logger
 from daemon.mail.mx import DnsPermanentError, DnsTemporaryError, MxResolver
 from daemon.mail.outcome import Outcome, bounced_all, deferred_all, from_reply
 from daemon.mail.routing import RouteSettings
+from daemon.mail.transport import Job
+
+__all__ = ["Job", "MxTransport", "SmarthostTransport", "SmtpTransport"]
 
 log = get_logger("delivery")
 
@@ -32,30 +34,47 @@ class _HopFailed(Exception):
     """This address could not take a transaction; try the next one."""
 
 
-@dataclass(frozen=True)
-class Job:
-    queue_id: str
-    sender: str
-    recipients: list[tuple[int, str]]     # (idx, address)
-    data: bytes
-    smtputf8: bool
-    body_8bit: bool
-
-
 class _Stale(Exception):
     """A reused connection turned out dead before its transaction began (the server closed
     it while idle): the transaction is tried once more on a new connection."""
 
 
+class MxTransport:
+    """A route's Transport to the MX hosts of the job's domain."""
+
+    per_domain = True
+
+    def __init__(self, route: RouteSettings, smtp: SmtpTransport) -> None:
+        self.route = route
+        self.smtp = smtp
+
+    async def deliver(self, job: Job) -> list[Outcome]:
+        return await self.smtp.deliver_mx(job.domain, self.route, job)
+
+
+class SmarthostTransport:
+    """A route's Transport to its smarthost."""
+
+    per_domain = False
+
+    def __init__(self, route: RouteSettings, smtp: SmtpTransport) -> None:
+        self.route = route
+        self.smtp = smtp
+
+    async def deliver(self, job: Job) -> list[Outcome]:
+        return await self.smtp.deliver_smarthost(self.route, job)
+
+
 class SmtpTransport:
-    """Connections are kept per destination (address, port, transport, user) for
-    `keepalive` seconds and reused without a probe when the last transaction on them ended
-    cleanly (a failed one leaves an RSET for the next use): a reused connection that is
-    found dead at MAIL costs one new connection, not a deferral. `connections`, when given,
-    is a gauge with a `destination` label (the host name) counting open connections; a
-    label is removed once its count drops to zero. Idle connections count against
-    `concurrency` too (the oldest is closed to make room), so there are never more open
-    connections, nor labels, than that."""
+    """The outgoing SMTP connections MX and smarthost routes share. Connections are kept
+    per destination (address, port, transport, user) for `keepalive` seconds and reused
+    without a probe when the last transaction on them ended cleanly (a failed one leaves
+    an RSET for the next use): a reused connection that is found dead at MAIL costs one
+    new connection, not a deferral. `connections`, when given, is a gauge with a
+    `destination` label (the host name) counting open connections; a label is removed
+    once its count drops to zero. Idle connections count against `concurrency` too (the
+    oldest is closed to make room), so there are never more open connections, nor
+    labels, than that."""
 
     def __init__(self, *, helo: str, port: int, resolver: MxResolver, connect_timeout: float,
                  command_timeout: float, concurrency: int, per_destination: int,

@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import asyncpg
 from aiohttp import web
 
 from daemon.db.pool import UNAVAILABLE
+from daemon.events.settings import IngestSettings
 from daemon.logs import fields, get_logger
 from daemon.units import HostPort
 from daemon.web import accounts, render
@@ -25,9 +25,6 @@ from daemon.web.pages_overview import OverviewPages
 from daemon.web.pages_projects import ProjectPages
 from daemon.web.settings import WebSettings
 
-if TYPE_CHECKING:
-    from daemon.config import Settings
-
 log = get_logger("web")
 
 STATIC = Path(str(files("daemon.web") / "static"))
@@ -36,15 +33,14 @@ STATIC = Path(str(files("daemon.web") / "static"))
 class WebUi:
     name = "web"
 
-    def __init__(self, settings: Settings, pool: Callable[[], asyncpg.Pool], *,
-                 listen: Callable[[], HostPort],
+    def __init__(self, settings: WebSettings, pool: Callable[[], asyncpg.Pool], *,
+                 ingest: Callable[[], IngestSettings], listen: Callable[[], HostPort],
                  projects_changed: Callable[[], Awaitable[None]]) -> None:
-        self.settings: WebSettings = settings.web
-        self._all = settings
+        self.settings = settings
         self._pool = pool
-        self.auth = Auth(settings.web, pool)
+        self.auth = Auth(settings, pool)
         self.pages = [IssuePages(pool), EventPages(pool),
-                      ProjectPages(pool, lambda: self._all.ingest, listen, projects_changed),
+                      ProjectPages(pool, ingest, listen, projects_changed),
                       MailPages(pool), OverviewPages(pool)]
 
     def mount(self, app: web.Application) -> None:
@@ -63,13 +59,12 @@ class WebUi:
     async def stop(self) -> None:
         return None
 
-    async def reload(self, settings: Settings) -> None:
+    async def reload(self, settings: WebSettings) -> None:
         try:
-            await accounts.sync_config(self._pool(), settings.web.users)
+            await accounts.sync_config(self._pool(), settings.users)
         except (ValueError, asyncpg.PostgresError, *UNAVAILABLE) as err:
             log.error("web users reload failed; keeping the previous users",
                       extra=fields(error=f"{type(err).__name__}: {err}"))
             return
-        self.settings = settings.web
-        self._all = settings
-        self.auth.reload(settings.web)
+        self.settings = settings
+        self.auth.reload(settings)
