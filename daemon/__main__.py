@@ -1,5 +1,5 @@
 """Allows `python -m daemon` where the console script is not on PATH."""
 
-from daemon.cli import main
+from daemon.cli.dispatch import main
 
 raise SystemExit(main())

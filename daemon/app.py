@@ -19,31 +19,31 @@ from daemon import __version__, sdnotify
 from daemon.alerts.relay_reports import RelayReporter
 from daemon.alerts.service import AlertService
 from daemon.config import ConfigError, Settings, load
-from daemon.consumer import JournalConsumer
 from daemon.db import nodes
 from daemon.db.pool import database_for
-from daemon.events import facets
-from daemon.events.api import OperatorApi
-from daemon.events.digest import Digester
-from daemon.events.http_gelf import GelfHttpEndpoint
-from daemon.events.http_native import NativeEndpoint
-from daemon.events.http_sentry import SentryEndpoints
-from daemon.events.ingest import Ingestor
-from daemon.events.partitions import Partitions
+from daemon.events.listen.gelf_http import GelfHttpEndpoint
+from daemon.events.listen.native import NativeEndpoint
+from daemon.events.listen.sentry import SentryEndpoints
+from daemon.events.listen.udp import UdpIngest
+from daemon.events.pipeline import facets
+from daemon.events.pipeline.digest import Digester
+from daemon.events.pipeline.ingest import Ingestor
 from daemon.events.projects import ProjectRegistry
-from daemon.events.retention import Retention
-from daemon.events.store import event_store
-from daemon.events.udp import UdpIngest
-from daemon.journal import Journal, JournalMetrics, Record
+from daemon.events.storage.partitions import Partitions
+from daemon.events.storage.retention import Retention
+from daemon.events.storage.writer import event_store
+from daemon.journal.consumer import JournalConsumer
+from daemon.journal.log import Journal, JournalMetrics, Record
 from daemon.logs import fields, get_logger, setup_logging
-from daemon.mail.api_keys import ApiKeyRegistry
-from daemon.mail.delivery import DeliveryWorker
-from daemon.mail.flusher import mail_store
-from daemon.mail.http_send import SendApi
-from daemon.mail.notify import Notifier
-from daemon.mail.server import SmtpServer
+from daemon.mail.delivery.notify import Notifier
+from daemon.mail.delivery.worker import DeliveryWorker
+from daemon.mail.intake.server import SmtpServer
+from daemon.mail.queue.flusher import mail_store
+from daemon.mail.send_api.endpoint import SendApi
+from daemon.mail.send_api.keys import ApiKeyRegistry
 from daemon.metrics import new_registry
 from daemon.reload_scope import changed_keys, effective, needing_restart
+from daemon.web.api import OperatorApi
 from daemon.web.server import HttpServer
 from daemon.web.ui import WebUi
 

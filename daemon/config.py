@@ -18,7 +18,7 @@ from typing import Annotated, ClassVar, Literal
 from daemon.alerts.settings import AlertSettings
 from daemon.dnssetup.settings import DnsSettings
 from daemon.events.settings import IngestSettings, ProjectSettings, check_projects
-from daemon.mail.routing import RouteSettings, check_routes
+from daemon.mail.delivery.routing import RouteSettings, check_routes
 from daemon.mail.settings import DeliverySettings, DkimSettings, SmtpSettings
 from daemon.typedtoml import DURATION, SIZE, Invalid, Issue, Loader, Secret, caught
 from daemon.units import HostPort, format_duration, format_size

@@ -11,7 +11,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-from daemon.journal import Journal
+from daemon.journal.log import Journal
 
 
 def payload_for(ident: str) -> bytes:

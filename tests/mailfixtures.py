@@ -16,7 +16,7 @@ import dkim
 
 from daemon import config
 from daemon.app import App
-from daemon.mail.passwords import hash_password
+from daemon.passwords import hash_password
 
 PASSWORD = "s3cret pass"
 # Low scrypt cost keeps AUTH tests fast; production hashes use the default cost.

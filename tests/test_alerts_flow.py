@@ -18,11 +18,11 @@ from daemon import config
 from daemon.alerts import store as alert_store
 from daemon.alerts.service import AlertService
 from daemon.db import Database
-from daemon.events.partitions import Partitions
+from daemon.events.pipeline.record import EventRecord, encode
 from daemon.events.projects import ProjectRegistry
-from daemon.events.record import EventRecord, encode
-from daemon.events.store import event_store
-from daemon.journal import Position, Record
+from daemon.events.storage.partitions import Partitions
+from daemon.events.storage.writer import event_store
+from daemon.journal.log import Position, Record
 
 START = 1_800_000_000.0      # a fixed "now", on a minute boundary
 

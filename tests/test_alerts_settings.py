@@ -11,7 +11,7 @@ from daemon import config
 from daemon.alerts.rules import channels_for, critical_triggers
 from daemon.alerts.settings import RuleSettings
 from daemon.alerts.store import Trigger
-from daemon.events.store import IssueChange
+from daemon.events.storage.writer import IssueChange
 
 CHANNELS = """
 [[alerts.channels]]

@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from daemon.mail.api_keys import ApiKeyRegistry, KeysUnavailable, add_key, remove_key
+from daemon.mail.send_api.keys import ApiKeyRegistry, KeysUnavailable, add_key, remove_key
 from tests.mail_webfixtures import mail_web_app
 from tests.test_app import proxied
 

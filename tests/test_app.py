@@ -13,7 +13,7 @@ import pytest
 
 from daemon import config
 from daemon.app import App
-from daemon.journal import JournalFull
+from daemon.journal.log import JournalFull
 from tests.tcpproxy import TcpProxy
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from daemon.cli_events import add_events_verbs
+from daemon.cli.events import add_events_verbs
 from daemon.config import ConfigError
 from daemon.db import Database, DatabaseError
 from daemon.events.dsn import dsn
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: Sequence[str]) -> int:
-    """`egen` with only the error-tracker verbs, dispatched as daemon.cli.main does."""
+    """`egen` with only the error-tracker verbs, dispatched as daemon.cli.dispatch.main does."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", "-c", default=argparse.SUPPRESS)
     parser = argparse.ArgumentParser(prog="egen", parents=[common])
@@ -285,12 +285,12 @@ async def test_project_list(db: Database, config: Path, public: Path) -> None:
 
 # What a read-only verb has no use for: the daemon's components, the web stack, mail
 # signing and delivery. Importing any of them cost a verb over half a second.
-HEAVY = ("daemon.app", "daemon.web", "daemon.mail.server", "daemon.alerts.compose",
+HEAVY = ("daemon.app", "daemon.web", "daemon.mail.intake.server", "daemon.alerts.compose",
          "daemon.mail.dkimkeys", "aiohttp", "jinja2", "dkim", "aiosmtpd", "aiosmtplib")
 
 _LOADED = """
 import sys
-from daemon.cli import main
+from daemon.cli.dispatch import main
 rc = main(sys.argv[1:])
 print("LOADED", " ".join(sorted(sys.modules)))
 sys.exit(rc)

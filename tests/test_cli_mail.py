@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 
 from daemon.mail.dkimkeys import load_key
-from daemon.mail.passwords import parse_hash
+from daemon.passwords import parse_hash
 
 
 def egen(*args: str, stdin: str = "", cwd: Path | None = None

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def egen(config: Path, *args: str, stdin: str = "") -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import sys; from daemon.cli import main; sys.exit(main())",
+        sys.executable, "-c", "import sys; from daemon.cli.dispatch import main; sys.exit(main())",
         *args, "--config", str(config), cwd=ROOT, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 60)

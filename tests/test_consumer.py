@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.consumer import JournalConsumer, PoisonRecord
-from daemon.journal import Journal, Record
-from daemon.mail.flusher import mail_store
+from daemon.journal.consumer import JournalConsumer, PoisonRecord
+from daemon.journal.log import Journal, Record
+from daemon.mail.queue.flusher import mail_store
 from tests.test_app import proxied
 from tests.test_mail_queue import (
     assert_stored_exactly,

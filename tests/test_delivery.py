@@ -14,8 +14,8 @@ import aiosmtplib
 import pytest
 
 from daemon.app import App
-from daemon.mail import delivery_store
-from daemon.mail.tls import ensure_self_signed, server_context
+from daemon.mail.delivery import store as delivery_store
+from daemon.mail.intake.tls import ensure_self_signed, server_context
 from tests.dnsserver import DnsServer
 from tests.mailfixtures import dns_of, mail_config, port, started_app, verify_all
 from tests.smtpsink import Sink

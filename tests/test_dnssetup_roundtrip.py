@@ -20,7 +20,7 @@ import orjson
 from daemon.config import Settings, load
 from daemon.dnssetup.checks import exit_status, resolver_for, run_checks
 from daemon.dnssetup.records import DnsRecord, build_records
-from daemon.mail.server import load_keyring
+from daemon.mail.intake.server import load_keyring
 from tests.dnsserver import DnsServer
 from tests.mailfixtures import mail_config, port, started_app
 from tests.test_delivery import wait_status

@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 
 from daemon.db import Database
-from daemon.events.api import OperatorApi
 from daemon.typedtoml import Secret
+from daemon.web.api import OperatorApi
 from tests.test_events_queries import TRACE_EVENT, event, open_events_database, seed, store
 
 TOKEN = "s3cret-token"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events.datagram import KINDS, detect
+from daemon.events.formats.datagram import KINDS, detect
 
 
 @pytest.mark.parametrize(("data", "expected"), [

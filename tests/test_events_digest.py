@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from daemon.events.digest import Digester, digest_batch
-from daemon.events.pending import PendingEvent, encode_pending
-from daemon.events.record import decode
-from daemon.journal import Position, Record
+from daemon.events.pipeline.digest import Digester, digest_batch
+from daemon.events.pipeline.pending import PendingEvent, encode_pending
+from daemon.events.pipeline.record import decode
+from daemon.journal.log import Position, Record
 
 
 def pending(payload: bytes, event_id: str | None = None) -> bytes:

@@ -1,8 +1,8 @@
-"""The tags and user an event contributes to its issue (daemon.events.facets): built-in tags
-from the event's fields, browser/os/device from contexts or, failing those, the request's
-User-Agent (ua-parser), the top-level exception's mechanism, the URL without its query,
-custom tags in either Sentry shape, the caps on count and length, and the user identity
-including `{{auto}}` resolved from the sender's address.
+"""The tags and user an event contributes to its issue (daemon.events.pipeline.facets):
+built-in tags from the event's fields, browser/os/device from contexts or, failing those,
+the request's User-Agent (ua-parser), the top-level exception's mechanism, the URL without
+its query, custom tags in either Sentry shape, the caps on count and length, and the user
+identity including `{{auto}}` resolved from the sender's address.
 
 Events reach facets() the way they do in the daemon: a payload through normalize_event().
 Facets are computed for every accepted event and "nothing here raises", so property tests
@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events.facets import (
+from daemon.events.pipeline.facets import (
     MAX_KEY,
     MAX_TAGS,
     MAX_USER_FIELD,
@@ -31,8 +31,8 @@ from daemon.events.facets import (
     facets,
     user_identity,
 )
-from daemon.events.model import Event, InvalidEvent
-from daemon.events.normalize import normalize_event
+from daemon.events.pipeline.model import Event, InvalidEvent
+from daemon.events.pipeline.normalize import normalize_event
 
 RECEIVED = 1_768_478_500.0
 CORPUS = Path(__file__).parent / "data" / "sentry_events"

@@ -13,16 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events.fingerprint import (
+from daemon.events.pipeline.fingerprint import (
     GROUPING_VERSION,
     SUPPORTED_VERSIONS,
     grouping_components,
     grouping_hash,
     normalize_path,
 )
-from daemon.events.model import Event
-from daemon.events.normalize import normalize_event
-from daemon.events.parameterize import parameterize
+from daemon.events.pipeline.model import Event
+from daemon.events.pipeline.normalize import normalize_event
+from daemon.events.pipeline.parameterize import parameterize
 
 CORPUS = Path(__file__).parent / "data" / "sentry_events"
 

@@ -25,8 +25,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events.gelf import ChunkAssembler, GelfError, decode_payload, to_sentry_event
-from daemon.events.shipper import LEVELS
+from daemon.events.formats.gelf import (
+    ChunkAssembler,
+    GelfError,
+    decode_payload,
+    to_sentry_event,
+)
+from daemon.events.formats.shipper import LEVELS
 
 MiB = 1024 * 1024
 ALICE = ("192.0.2.1", 40001)

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from daemon.app import App
-from daemon.events.refusals import Refusals
+from daemon.events.listen.refusals import Refusals
 from daemon.metrics import render
 from tests.eventfixtures import base_url, events_config, issue_rows, stored
 from tests.mailfixtures import started_app

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events.eventtext import MAX_NAME, MAX_TITLE
-from daemon.events.fingerprint import grouping_hash
-from daemon.events.model import Event, Frame, InvalidEvent
-from daemon.events.normalize import LEVELS, normalize_event
+from daemon.events.pipeline.eventtext import MAX_NAME, MAX_TITLE
+from daemon.events.pipeline.fingerprint import grouping_hash
+from daemon.events.pipeline.model import Event, Frame, InvalidEvent
+from daemon.events.pipeline.normalize import LEVELS, normalize_event
 
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "sentry_events"

@@ -18,10 +18,11 @@ import orjson
 import pytest
 
 from daemon.db import Database
-from daemon.events.issue_list import list_issues
-from daemon.events.issue_status import set_status
-from daemon.events.partitions import Partitions
-from daemon.events.queries import (
+from daemon.events.pipeline.record import EventRecord
+from daemon.events.storage.issue_list import list_issues
+from daemon.events.storage.issue_status import set_status
+from daemon.events.storage.partitions import Partitions
+from daemon.events.storage.queries import (
     QueryError,
     UnknownProject,
     get_issue,
@@ -29,8 +30,7 @@ from daemon.events.queries import (
     project_stats,
     stacktrace,
 )
-from daemon.events.record import EventRecord
-from daemon.events.store import write_batch
+from daemon.events.storage.writer import write_batch
 
 HOUR = 3600.0
 TRACE_EVENT: dict[str, Any] = {"exception": {"values": [

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import sentry_sdk
 
-from daemon.events.record import decompress_payload
+from daemon.events.pipeline.record import decompress_payload
 from tests.eventfixtures import base_url, dsn, events_config, issue_rows, run_sdk, stored
 from tests.mailfixtures import started_app
 

@@ -1,4 +1,4 @@
-"""The issue search language (daemon.events.search): what each construct parses to, that
+"""The issue search language (daemon.events.storage.search): what each construct parses to, that
 every input the parser refuses raises SearchError naming the problem and its position, that
 unparse() gives text parse() reads back to the same Search, and that parse() on any text
 either answers or raises SearchError.
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events.search import (
+from daemon.events.storage.search import (
     IS_VALUES,
     MAX_KEY,
     MAX_QUERY,

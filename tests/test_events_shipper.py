@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from daemon.events.shipper import (
+from daemon.events.formats.shipper import (
     LEVELS,
     Record,
     ShipperBodyError,

@@ -12,12 +12,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from daemon.consumer import PoisonRecord
 from daemon.db import Database
-from daemon.events import partitions as parts
-from daemon.events.record import EventRecord, RecordError, decode, encode
-from daemon.events.store import event_store, write_batch
-from daemon.journal import Position, Record
+from daemon.events.pipeline.record import EventRecord, RecordError, decode, encode
+from daemon.events.storage import partitions as parts
+from daemon.events.storage.writer import event_store, write_batch
+from daemon.journal.consumer import PoisonRecord
+from daemon.journal.log import Position, Record
 
 
 @pytest.fixture
@@ -152,8 +152,8 @@ async def test_an_unstorable_record_is_poison(db: Database) -> None:
 async def test_retention_trims_samples_but_keeps_counts(db: Database) -> None:
     from datetime import UTC, datetime
 
-    from daemon.events.retention import enforce
     from daemon.events.settings import IngestSettings
+    from daemon.events.storage.retention import enforce
 
     day = 86400.0
     now = time.time()
@@ -175,7 +175,7 @@ def test_compression_from_many_threads_at_once() -> None:
     """Batches are compressed in worker threads, several at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from daemon.events.record import compress, decompress_payload
+    from daemon.events.pipeline.record import compress, decompress_payload
 
     payloads = [orjson.dumps({"n": n, "text": "x" * (n % 5000)}) for n in range(2000)]
     with ThreadPoolExecutor(8) as pool:
@@ -185,7 +185,7 @@ def test_compression_from_many_threads_at_once() -> None:
 
 
 async def test_a_partition_dropped_elsewhere_is_retried_not_skipped(db: Database) -> None:
-    from daemon.events.store import MissingPartition
+    from daemon.events.storage.writer import MissingPartition
 
     partitions = parts.Partitions()
     store = event_store(lambda: db.pool, partitions)
@@ -201,8 +201,8 @@ async def test_a_partition_dropped_elsewhere_is_retried_not_skipped(db: Database
 async def test_retention_creates_tomorrows_partition(db: Database) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from daemon.events.retention import enforce
     from daemon.events.settings import IngestSettings
+    from daemon.events.storage.retention import enforce
 
     now = datetime.now(UTC)
     await enforce(db.pool, parts.Partitions(), IngestSettings(), now=now)

@@ -15,9 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events.normalize import normalize_event
-from daemon.events.shipper_fields import LEVELS
-from daemon.events.syslog import (
+from daemon.events.formats.shipper_fields import LEVELS
+from daemon.events.formats.syslog import (
     FACILITIES,
     MAX_MESSAGE_BYTES,
     MAX_SD_ELEMENTS,
@@ -28,6 +27,7 @@ from daemon.events.syslog import (
     parse,
     to_sentry_event,
 )
+from daemon.events.pipeline.normalize import normalize_event
 
 
 def at(iso: str) -> float:

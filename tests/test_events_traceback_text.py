@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events.traceback_text import parse_trace, parse_traceback, split_type
+from daemon.events.formats.traceback_text import parse_trace, parse_traceback, split_type
 
 PY_CARETS = '''\
 Traceback (most recent call last):

@@ -288,7 +288,7 @@ async def test_udp_events_count_against_the_project_rate_limit(tmp_path: Path,
 
 async def test_one_source_cannot_hold_every_gelf_tcp_connection(tmp_path: Path,
                                                                 pg_url: str) -> None:
-    from daemon.events.gelf_tcp import MAX_PER_SOURCE
+    from daemon.events.listen.gelf_tcp import MAX_PER_SOURCE
 
     async with started_app(events_config(tmp_path, pg_url, ingest=TCP)) as app:
         port = app.udp.tcp_addresses[0][1]

@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from daemon.journal import (
+from daemon.journal.format import HEADER_SIZE, MAX_PAYLOAD, frame_header
+from daemon.journal.log import (
     Journal,
     JournalClosed,
     JournalFull,
@@ -26,7 +27,6 @@ from daemon.journal import (
     Position,
     Record,
 )
-from daemon.journal_format import HEADER_SIZE, MAX_PAYLOAD, frame_header
 from tests.journal_child import payload_for
 
 CHILD = Path(__file__).with_name("journal_child.py")

@@ -8,8 +8,8 @@ import dataclasses
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.mail.bounce import RecipientStatus, build_dsn
-from daemon.mail.queue_store import MAX_SUBJECT, log_facts
+from daemon.mail.delivery.bounce import RecipientStatus, build_dsn
+from daemon.mail.queue.store import MAX_SUBJECT, log_facts
 from tests.test_mail_queue import sample_mail
 
 

@@ -17,13 +17,13 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon import cli
-from daemon.consumer import JournalConsumer, PoisonRecord
+from daemon.cli import dispatch as cli
 from daemon.db import Database
-from daemon.journal import Journal
-from daemon.mail import queue_store
-from daemon.mail.envelope import Envelope, encode, new_queue_id
-from daemon.mail.flusher import mail_store
+from daemon.journal.consumer import JournalConsumer, PoisonRecord
+from daemon.journal.log import Journal
+from daemon.mail.queue import store as queue_store
+from daemon.mail.queue.envelope import Envelope, encode, new_queue_id
+from daemon.mail.queue.flusher import mail_store
 
 BASE_TIME = 1_700_000_000.0
 

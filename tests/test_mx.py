@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.mail.mx import (
+from daemon.mail.delivery.mx import (
     DnsPermanentError,
     DnsTemporaryError,
     MxHost,

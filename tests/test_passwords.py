@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.mail import passwords
-from daemon.mail.passwords import hash_password, parse_hash
+from daemon import passwords
+from daemon.passwords import hash_password, parse_hash
 
 CHEAP = {"ln": 4, "r": 8, "p": 1}  # microseconds instead of 50 ms per hash
 

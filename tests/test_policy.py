@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.mail.passwords import hash_password, parse_hash
-from daemon.mail.policy import (
+from daemon.mail.intake.policy import (
     Decision,
     User,
     check_header_from,
@@ -24,6 +23,7 @@ from daemon.mail.policy import (
     sender_allowed,
     validate_address,
 )
+from daemon.passwords import hash_password, parse_hash
 
 PASSWORD = parse_hash(hash_password("dev", ln=4))
 

@@ -15,8 +15,10 @@ import orjson
 import pytest
 
 from daemon.db import Database
-from daemon.mail import delivery_store, queue_admin, queue_store
-from daemon.mail.envelope import Envelope
+from daemon.mail.delivery import store as delivery_store
+from daemon.mail.queue import admin as queue_admin
+from daemon.mail.queue import store as queue_store
+from daemon.mail.queue.envelope import Envelope
 from tests.test_mail_queue import open_database, sample_mail
 
 RELAY = "mx.dest.example[192.0.2.7]:25"

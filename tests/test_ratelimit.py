@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.mail.ratelimit import FailureLimiter, TokenBucket
+from daemon.ratelimit import FailureLimiter, TokenBucket
 
 
 class Clock:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.mail.retry import (
+from daemon.mail.delivery.retry import (
     RetryPolicy,
     backoff,
     expired,

@@ -33,7 +33,7 @@ from sendgrid.helpers.mail import (
 
 from daemon.app import App
 from daemon.logs import LogfmtFormatter
-from daemon.mail.api_keys import add_key, remove_key
+from daemon.mail.send_api.keys import add_key, remove_key
 from tests.mail_webfixtures import mail_web_app
 from tests.mailfixtures import dns_of, verify_all
 from tests.smtpsink import Sink

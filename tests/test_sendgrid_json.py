@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from daemon.mail.dkim import Signer
 from daemon.mail.dkimkeys import DkimKey, generate_key
-from daemon.mail.message import prepare
-from daemon.mail.sendgrid_json import SendRequestInvalid, each_message, parse
-from daemon.mail.sendgrid_mime import build
+from daemon.mail.intake.message import prepare
+from daemon.mail.send_api.mime import build
+from daemon.mail.send_api.request import SendRequestInvalid, each_message, parse
 
 RECEIVED = b"Received: from api (unknown [127.0.0.1])\r\n\tby relay.test (egen) with HTTP\r\n"
 

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from daemon.app import App
-from daemon.mail.intake import IntakeHandler
+from daemon.mail.intake.handler import IntakeHandler
 from tests.mailfixtures import (
     PASSWORD,
     client_tls,

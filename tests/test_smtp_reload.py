@@ -11,7 +11,7 @@ import aiosmtplib
 from cryptography import x509
 
 from daemon import config
-from daemon.mail.tls import ensure_self_signed
+from daemon.mail.intake.tls import ensure_self_signed
 from tests.mailfixtures import PASSWORD, client_tls, mail_config, port, started_app
 
 MESSAGE = b"From: app@example.com\r\nSubject: s\r\n\r\nbody\r\n"

@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 from daemon.app import App
-from daemon.mail.server import REAP_AFTER
+from daemon.mail.intake.server import REAP_AFTER
 from tests.mailfixtures import mail_config, port, started_app
 from tests.test_smtp_security import (  # noqa: F401  (_close_dialogs: autouse)
     RELAY,

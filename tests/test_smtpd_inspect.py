@@ -9,8 +9,8 @@ from typing import Any
 import aiosmtpd.smtp
 import pytest
 
-from daemon.mail import smtpd_inspect
-from daemon.mail.smtpd import EgenSMTP
+from daemon.mail.intake import smtpd_inspect
+from daemon.mail.intake.smtpd import EgenSMTP
 
 
 class Handler:

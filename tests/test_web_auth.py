@@ -16,7 +16,7 @@ import pytest
 import sentry_sdk
 
 from daemon.app import App
-from daemon.mail.passwords import hash_password
+from daemon.passwords import hash_password
 from daemon.typedtoml import Secret
 from daemon.web import accounts
 from daemon.web.auth import SESSION_COOKIE

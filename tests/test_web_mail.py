@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from daemon.alerts import store as alert_store
 from daemon.app import App
-from daemon.web.pages_mail import SearchProblem, parse_search, state_of
+from daemon.web.pages.mail import SearchProblem, parse_search, state_of
 from tests.mail_webfixtures import mail_web_app, message
 from tests.smtpsink import Sink
 from tests.test_delivery import send, wait_status
@@ -84,7 +84,7 @@ async def test_the_log_lists_mail_newest_first_and_search_narrows_it(
 
 
 async def test_pages_of_the_log_follow_a_cursor(tmp_path: Path, pg_url: str) -> None:
-    from daemon.web import pages_mail
+    from daemon.web.pages import mail as pages_mail
     async with mail_web_app(tmp_path, pg_url) as (app, _):
         sent = [await send(app, ["ops@example.org"], message(f"n{i}")) for i in range(5)]
         await app.mail_flusher.drained()

@@ -1,6 +1,6 @@
 """What the web UI builds from stored events before a template renders it: masking of
-credentials (daemon.web.masking), the inline SVG charts (daemon.web.charts) and the event
-page's view model (daemon.web.event_view).
+credentials (daemon.web.pages.masking), the inline SVG charts (daemon.web.pages.charts) and
+the event page's view model (daemon.web.pages.event_view).
 
 Masking is what keeps passwords and tokens off the pages and out of the JSON download, so
 each kind of place a secret hides in is checked. Charts are checked through their SVG
@@ -21,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from markupsafe import Markup
 
-from daemon.web import charts, event_view, masking
-from daemon.web.event_view import EventView, FrameGroup
-from daemon.web.masking import MASK, mask, mask_query, mask_text, sensitive
+from daemon.web.pages import charts, event_view, masking
+from daemon.web.pages.event_view import EventView, FrameGroup
+from daemon.web.pages.masking import MASK, mask, mask_query, mask_text, sensitive
 
 # --- masking -------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import aiohttp
 
 from daemon import config
 from daemon.app import App
-from daemon.mail.passwords import hash_password
+from daemon.passwords import hash_password
 from tests.eventfixtures import base_url, events_config
 from tests.mailfixtures import started_app
 

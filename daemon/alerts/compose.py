@@ -18,8 +18,8 @@ from daemon.alerts.render import (
     render_slack,
 )
 from daemon.alerts.settings import AlertSettings, ChannelSettings
-from daemon.events import queries
-from daemon.events.queries import Db
+from daemon.events.storage import queries
+from daemon.events.storage.queries import Db
 
 FRAMES = 5
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import aiohttp
 
 from daemon import __version__
-from daemon.mail import envelope
-from daemon.mail.message import MessageRejected
-from daemon.mail.submit import Refused, Submitter
+from daemon.mail.intake.message import MessageRejected
+from daemon.mail.queue import envelope
+from daemon.mail.queue.submit import Refused, Submitter
 
 
 @dataclass(frozen=True)

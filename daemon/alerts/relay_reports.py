@@ -18,10 +18,10 @@ from typing import Any
 import asyncpg
 
 from daemon.alerts.settings import AlertSettings
-from daemon.events.ingest import Ingestor, Refused
+from daemon.events.pipeline.ingest import Ingestor, Refused
 from daemon.events.projects import Project, ProjectRegistry, add_project
 from daemon.logs import fields, get_logger
-from daemon.mail.delivery import Report
+from daemon.mail.delivery.worker import Report
 
 log = get_logger("alerts.relay")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from daemon.alerts.settings import RuleSettings
 from daemon.alerts.store import Trigger
-from daemon.events.store import IssueChange
+from daemon.events.storage.writer import IssueChange
 from daemon.units import format_duration
 
 # (project_id, issue_id, kind, dedup, detail): a row of alert_triggers.

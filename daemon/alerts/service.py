@@ -27,9 +27,9 @@ from daemon.alerts.delivery import Result, post, queue_mail
 from daemon.alerts.render import Alert
 from daemon.alerts.settings import AlertSettings, ChannelSettings
 from daemon.events.projects import ProjectRegistry
-from daemon.events.store import IssueChange
+from daemon.events.storage.writer import IssueChange
 from daemon.logs import fields, get_logger
-from daemon.mail.submit import Submitter
+from daemon.mail.queue.submit import Submitter
 
 log = get_logger("alerts")
 

@@ -32,8 +32,8 @@ from daemon.dnssetup.spf import (
     parse,
     spf_records,
 )
+from daemon.mail.delivery.mx import parse_nameserver
 from daemon.mail.dkimkeys import DkimKey
-from daemon.mail.mx import parse_nameserver
 
 __all__ = ["Check", "checks_json", "exit_status", "render_text", "resolver_for",
            "run_checks"]

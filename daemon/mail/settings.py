@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from daemon.mail.passwords import parse_hash
-from daemon.mail.policy import parse_sender_pattern
+from daemon.mail.intake.policy import parse_sender_pattern
+from daemon.passwords import parse_hash
 from daemon.typedtoml import DURATION, SIZE, Invalid, Secret
 from daemon.units import HostPort
 

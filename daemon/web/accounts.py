@@ -1,6 +1,6 @@
 """The people who may read the pages: `web_users` rows, from the config (synced at
 start) or from `egen web user add`. SQL only; passwords are hashed by
-daemon.mail.passwords (scrypt), the same scheme as SMTP users, and verified off the loop.
+daemon.passwords (scrypt), the same scheme as SMTP users, and verified off the loop.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from daemon.mail.passwords import PasswordHash, hash_password, parse_hash
+from daemon.passwords import PasswordHash, hash_password, parse_hash
 from daemon.typedtoml import Invalid
 from daemon.web.settings import WebUserSettings, check_user_name
 

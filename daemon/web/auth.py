@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 import asyncpg
 from aiohttp import web
 
-from daemon.events.queries import QueryError
+from daemon.events.storage.queries import QueryError
 from daemon.logs import fields, get_logger
 from daemon.web import accounts, login_limit, render, sessions
 from daemon.web.errors import UNAVAILABLE, error_page, redirect

@@ -20,7 +20,7 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup, escape
 
-from daemon.web import charts
+from daemon.web.pages import charts
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from daemon.mail.passwords import parse_hash
+from daemon.passwords import parse_hash
 from daemon.typedtoml import DURATION, Invalid, Secret
 
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}")

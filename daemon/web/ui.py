@@ -18,11 +18,11 @@ from daemon.logs import fields, get_logger
 from daemon.units import HostPort
 from daemon.web import accounts, render
 from daemon.web.auth import Auth
-from daemon.web.pages_events import EventPages
-from daemon.web.pages_issues import IssuePages
-from daemon.web.pages_mail import MailPages
-from daemon.web.pages_overview import OverviewPages
-from daemon.web.pages_projects import ProjectPages
+from daemon.web.pages.events import EventPages
+from daemon.web.pages.issues import IssuePages
+from daemon.web.pages.mail import MailPages
+from daemon.web.pages.overview import OverviewPages
+from daemon.web.pages.projects import ProjectPages
 from daemon.web.settings import WebSettings
 
 log = get_logger("web")
