@@ -13,7 +13,6 @@ out together in the channel's next message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from daemon.events.projects import ProjectRegistry
 from daemon.events.storage.writer import IssueChange
 from daemon.logs import fields, get_logger
 from daemon.mail.queue.submit import Submitter
+from daemon.waiting import wait_set
 
 log = get_logger("alerts")
 
@@ -118,8 +118,7 @@ class AlertService:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.config.poll_interval)
+            await wait_set(self._wakeup, self.config.poll_interval)
             self._wakeup.clear()
             try:
                 await self.run_once()

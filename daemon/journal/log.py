@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from daemon.journal import format as fmt
 from daemon.logs import fields, get_logger
+from daemon.waiting import wait_set
 
 log = get_logger("journal")
 
@@ -369,9 +370,7 @@ class Journal:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return []
-            try:
-                await asyncio.wait_for(self._data.wait(), remaining)
-            except TimeoutError:
+            if not await wait_set(self._data, remaining):
                 return []
 
     async def _read_batch(self, max_records: int, max_bytes: int) -> list[Record]:

@@ -9,7 +9,6 @@ runs out, and the recipients are attempted again (at-least-once, contract 6).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 from collections import defaultdict
@@ -30,6 +29,7 @@ from daemon.mail.delivery.routing import Route, Router, RouteSettings
 from daemon.mail.delivery.smtp import MxTransport, SmarthostTransport, SmtpTransport
 from daemon.mail.delivery.transport import Job, Transport
 from daemon.mail.settings import DeliverySettings
+from daemon.waiting import wait_set
 
 log = get_logger("delivery")
 maillog = get_logger("maillog")
@@ -201,8 +201,7 @@ class DeliveryWorker:
             await asyncio.gather(*self._groups, return_exceptions=True)
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
+        await wait_set(self._wakeup, seconds)
 
     async def _refresh_gauges(self) -> None:
         """Queue sizes for the gauges (one query at most every gauge_interval), and idle
