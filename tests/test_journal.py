@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from daemon.journal.format import HEADER_SIZE, MAX_PAYLOAD, frame_header
+from daemon.journal import log as journal_log
+from daemon.journal.format import HEADER_SIZE, MAX_PAYLOAD, frame_header, read_checkpoint
 from daemon.journal.log import (
     Journal,
     JournalClosed,
@@ -371,3 +372,31 @@ def test_property_round_trip(sizes: list[int]) -> None:
 
     with tempfile.TemporaryDirectory() as directory:
         assert asyncio.run(scenario(Path(directory))) == payloads
+
+
+async def test_checkpoint_file_lags_by_at_most_checkpoint_every(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """Under load the file is written once per CHECKPOINT_EVERY, not per batch; a reopen
+    after a crash replays what it does not cover (the stores are idempotent), and close()
+    writes the last position."""
+    monkeypatch.setattr(journal_log, "CHECKPOINT_EVERY", 3600.0)   # nothing due by time
+    journal = await opened(tmp_path)
+    positions = [await journal.append(b"r%d" % i) for i in range(3)]
+    await journal.checkpoint(positions[0])         # the first one is written at once
+    assert read_checkpoint(tmp_path) == (positions[0].segment, positions[0].offset)
+    await journal.checkpoint(positions[1])         # taken, but not yet due on disk
+    assert read_checkpoint(tmp_path) == (positions[0].segment, positions[0].offset)
+    assert journal.unconsumed_bytes == positions[2].offset - positions[1].offset
+    assert [r.payload for r in await read_all(journal)] == [b"r2"]
+
+    crashed = await opened(tmp_path)               # what a restart now would replay
+    assert [r.payload for r in await read_all(crashed)] == [b"r1", b"r2"]
+    await crashed.close()
+
+    await journal.checkpoint(positions[2])
+    await journal.close()
+    assert read_checkpoint(tmp_path) == (positions[2].segment, positions[2].offset)
+    reopened = await opened(tmp_path)
+    assert await read_all(reopened) == []
+    await reopened.close()

@@ -4,6 +4,7 @@ for a delivery status notification egen wrote, the queue ID of the message it re
 from __future__ import annotations
 
 import dataclasses
+import email.policy
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -59,3 +60,16 @@ def test_any_bytes_give_facts_or_none(data: bytes) -> None:
     found = log_facts(dataclasses.replace(envelope, sender="", size=len(data)), data)
     assert set(found) <= {"subject", "about"}
     assert len(found.get("subject", "")) <= MAX_SUBJECT
+
+
+SUBJECT_TEXT = st.text(st.characters(min_codepoint=1, max_codepoint=0x2FF,
+                                     blacklist_characters="\r\n"), max_size=120)
+
+
+@given(SUBJECT_TEXT)
+def test_a_subject_reads_as_the_email_parser_reads_it(text: str) -> None:
+    """Only subjects with encoded words go through the email package's parser; the others
+    must come out exactly as the parser would have given them."""
+    expected = str(email.policy.default.header_factory("subject", text)).strip()
+    got = facts(b"From: a@example.com\r\nSubject: " + text.encode())
+    assert got.get("subject", "") == expected[:MAX_SUBJECT]

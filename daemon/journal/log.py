@@ -21,6 +21,7 @@ All disk I/O runs in worker threads; the event loop only plans groups and resolv
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ from daemon.logs import fields, get_logger
 from daemon.waiting import wait_set
 
 log = get_logger("journal")
+
+# Longest the checkpoint file lags the consumer's progress (see Journal.checkpoint).
+CHECKPOINT_EVERY = 0.1
 
 
 class JournalError(Exception):
@@ -117,7 +121,9 @@ class Journal:
         self._segments: dict[int, int] = {}      # segment -> durable end, ascending
         self._active = 0
         self._fd = -1
-        self._checkpoint = Position(0, 0)
+        self._checkpoint = Position(0, 0)      # the consumer's progress
+        self._written = Position(0, 0)         # what the checkpoint file says
+        self._written_at = -math.inf           # loop time it was last written
         self._cursor = Position(0, 0)
         self._durable_unconsumed = 0
         self._inflight = 0
@@ -195,7 +201,7 @@ class Journal:
             log.warning("journal checkpoint unreadable; replaying from the oldest segment",
                         extra=fields(journal=self._name, reason=found, segment=oldest.segment))
             found = None
-        self._checkpoint = Position(*found) if found else oldest
+        self._checkpoint = self._written = Position(*found) if found else oldest
         cp = self._checkpoint
         consumed = [s for s, end in self._segments.items()
                     if s < cp.segment or (s == cp.segment and s != ids[-1] and cp.offset >= end)]
@@ -414,7 +420,13 @@ class Journal:
         self._cursor = self._checkpoint
 
     async def checkpoint(self, position: Position) -> None:
-        """Persist the consumer's progress, then delete segments it wholly covers."""
+        """Take the consumer's progress; persist it, then delete segments it wholly covers.
+
+        The checkpoint file is written at once when a segment can go, else at most every
+        CHECKPOINT_EVERY seconds: under load a consumer batch holds a few records, and two
+        fsyncs per batch competed with the appends' own. A crash replays what the file
+        does not cover yet (at most that long of the consumer's progress), which the
+        idempotent stores absorb; close() writes the last position."""
         async with self._checkpoint_lock:
             if self._closed:
                 raise JournalClosed(f"journal {self._name!r} is closed")
@@ -423,18 +435,29 @@ class Journal:
             if position > Position(self._active, self._segments[self._active]):
                 raise ValueError(f"checkpoint {position} is past the durable end of journal "
                                  f"{self._name!r}")
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(
-                None, fmt.write_checkpoint, self._dir, position.segment, position.offset)
             self._checkpoint = position
             self._cursor = max(self._cursor, position)
-            consumed = [s for s, end in self._segments.items() if s != self._active and (
-                s < position.segment or (s == position.segment and position.offset >= end))]
-            for segment in consumed:
-                del self._segments[segment]
             self._durable_unconsumed = self._count_unconsumed()
             self._refused = False
             self._m_unconsumed.set(self.unconsumed_bytes)
+            loop = asyncio.get_running_loop()
+            consumed = [s for s, end in self._segments.items() if s != self._active and (
+                s < position.segment or (s == position.segment and position.offset >= end))]
+            if consumed or loop.time() >= self._written_at + CHECKPOINT_EVERY:
+                await self._write_checkpoint(consumed)
+
+    async def _write_checkpoint(self, consumed: list[int]) -> None:
+        """The checkpoint file at the current position, then the segments it covers gone
+        (under the checkpoint lock)."""
+        position = self._checkpoint
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            None, fmt.write_checkpoint, self._dir, position.segment, position.offset)
+        self._written = position
+        self._written_at = loop.time()
+        if consumed:
+            for segment in consumed:
+                self._segments.pop(segment, None)
             try:
                 await loop.run_in_executor(None, fmt.remove_segments, self._dir, consumed)
             except OSError as exc:   # harmless: open() removes segments the checkpoint covers
@@ -454,6 +477,12 @@ class Journal:
                 await self._writer
         finally:
             async with self._checkpoint_lock:
+                if self._checkpoint > self._written and self._broken is None:
+                    try:
+                        await self._write_checkpoint([])
+                    except OSError as exc:   # the next open replays from the older one
+                        log.warning("could not write the last checkpoint", extra=fields(
+                            journal=self._name, error=str(exc)))
                 self._closed = True
                 if self._fd >= 0:
                     os.close(self._fd)
