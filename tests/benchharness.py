@@ -1,6 +1,6 @@
 """What the scripts/bench-* benchmarks share: egen as a child process (as in production:
-its own process, uvloop, the journal on disk), the URL of its embedded Postgres, and a
-load run's figures."""
+its own process, uvloop, the journal on disk), its peak RSS, the URL of its embedded
+Postgres, and a load run's figures."""
 
 from __future__ import annotations
 
@@ -85,6 +85,17 @@ class Egen:
         if self._reader is not None:
             await self._reader
         return code
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of a live process (its peak resident set), in MB; NaN once it is gone. Read
+    it before the process stops."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return float("nan")
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else float("nan")
 
 
 def embedded_dsn(directory: Path) -> str:
