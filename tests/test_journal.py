@@ -400,3 +400,41 @@ async def test_checkpoint_file_lags_by_at_most_checkpoint_every(tmp_path: Path,
     reopened = await opened(tmp_path)
     assert await read_all(reopened) == []
     await reopened.close()
+
+
+async def test_a_deferred_checkpoint_is_written_without_another_call(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a burst the journal goes quiet: the last position still reaches the file
+    within CHECKPOINT_EVERY, so a crash long after replays nothing (a replay would bring
+    back mail an operator deleted meanwhile)."""
+    monkeypatch.setattr(journal_log, "CHECKPOINT_EVERY", 0.05)
+    journal = await opened(tmp_path)
+    positions = [await journal.append(b"r%d" % i) for i in range(2)]
+    await journal.checkpoint(positions[0])
+    await journal.checkpoint(positions[1])             # deferred: the last was just now
+    assert read_checkpoint(tmp_path) == (positions[0].segment, positions[0].offset)
+    assert journal._flusher is not None
+    await asyncio.wait_for(asyncio.shield(journal._flusher), 5)
+    assert read_checkpoint(tmp_path) == (positions[1].segment, positions[1].offset)
+    await journal.close()
+
+
+async def test_a_failed_checkpoint_write_is_retried(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consumer retries a checkpoint whose write failed with the same position; that
+    must write the file, not count as done because the position was taken before."""
+    journal = await opened(tmp_path)
+    position = await journal.append(b"r")
+    real, failed = journal_log.fmt.write_checkpoint, []
+
+    def broken(*args: object) -> None:
+        failed.append(args)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(journal_log.fmt, "write_checkpoint", broken)
+    with pytest.raises(OSError):
+        await journal.checkpoint(position)
+    monkeypatch.setattr(journal_log.fmt, "write_checkpoint", real)
+    await journal.checkpoint(position)
+    assert failed and read_checkpoint(tmp_path) == (position.segment, position.offset)
+    await journal.close()

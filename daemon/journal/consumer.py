@@ -119,7 +119,9 @@ class JournalConsumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._storing = False                       # a store or checkpoint is in flight
-        self._checkpointed: Position | None = None  # last checkpoint this consumer wrote
+        # Last checkpoint this consumer gave the journal (which writes the file within
+        # CHECKPOINT_EVERY of it).
+        self._checkpointed: Position | None = None
         self._progress = asyncio.Event()            # replaced after every set()
         self._outage_started: float | None = None
         self._outage_failures = 0

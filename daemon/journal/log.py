@@ -131,6 +131,9 @@ class Journal:
         self._wake = asyncio.Event()
         self._data = asyncio.Event()
         self._checkpoint_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None   # a deferred checkpoint write
+        self._flush_now = asyncio.Event()
+        self._writing: asyncio.Future[None] | None = None  # the last checkpoint file write
         self._closed_event = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._opened = self._closing = self._closed = False
@@ -423,14 +426,15 @@ class Journal:
         """Take the consumer's progress; persist it, then delete segments it wholly covers.
 
         The checkpoint file is written at once when a segment can go, else at most every
-        CHECKPOINT_EVERY seconds: under load a consumer batch holds a few records, and two
-        fsyncs per batch competed with the appends' own. A crash replays what the file
-        does not cover yet (at most that long of the consumer's progress), which the
+        CHECKPOINT_EVERY seconds (a deferred write follows within that time, so the file
+        never lags longer): under load a consumer batch holds a few records, and two fsyncs
+        per batch competed with the appends' own. A crash replays what the file does not
+        cover yet, at most CHECKPOINT_EVERY of the consumer's progress, which the
         idempotent stores absorb; close() writes the last position."""
         async with self._checkpoint_lock:
             if self._closed:
                 raise JournalClosed(f"journal {self._name!r} is closed")
-            if position <= self._checkpoint:
+            if position < self._checkpoint or position <= self._written:
                 return
             if position > Position(self._active, self._segments[self._active]):
                 raise ValueError(f"checkpoint {position} is past the durable end of journal "
@@ -443,16 +447,36 @@ class Journal:
             loop = asyncio.get_running_loop()
             consumed = [s for s, end in self._segments.items() if s != self._active and (
                 s < position.segment or (s == position.segment and position.offset >= end))]
-            if consumed or loop.time() >= self._written_at + CHECKPOINT_EVERY:
+            due = self._written_at + CHECKPOINT_EVERY - loop.time()
+            if consumed or due <= 0:
                 await self._write_checkpoint(consumed)
+            elif self._flusher is None or self._flusher.done():
+                self._flusher = asyncio.create_task(self._write_later(due),
+                                                    name=f"checkpoint-{self._name}")
+
+    async def _write_later(self, delay: float) -> None:
+        """The deferred checkpoint write; never cancelled (close() wakes it instead), so
+        a write is never left running in its thread while another starts."""
+        await wait_set(self._flush_now, delay)
+        async with self._checkpoint_lock:
+            if self._closed or self._checkpoint <= self._written or self._broken is not None:
+                return
+            try:
+                await self._write_checkpoint([])
+            except OSError as exc:   # the next checkpoint or close() tries again
+                log.warning("could not write the journal checkpoint", extra=fields(
+                    journal=self._name, error=str(exc)))
 
     async def _write_checkpoint(self, consumed: list[int]) -> None:
         """The checkpoint file at the current position, then the segments it covers gone
         (under the checkpoint lock)."""
         position = self._checkpoint
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
+        if self._writing is not None:     # one cancelled mid-write: let its thread finish
+            await asyncio.wait([self._writing])
+        self._writing = loop.run_in_executor(
             None, fmt.write_checkpoint, self._dir, position.segment, position.offset)
+        await asyncio.shield(self._writing)    # cancelled, the thread still finishes it
         self._written = position
         self._written_at = loop.time()
         if consumed:
@@ -476,17 +500,23 @@ class Journal:
             if self._writer is not None:
                 await self._writer
         finally:
-            async with self._checkpoint_lock:
-                if self._checkpoint > self._written and self._broken is None:
+            try:
+                if self._flusher is not None:
+                    self._flush_now.set()
+                    await asyncio.shield(self._flusher)
+            finally:
+                async with self._checkpoint_lock:
                     try:
-                        await self._write_checkpoint([])
+                        if self._checkpoint > self._written and self._broken is None:
+                            await self._write_checkpoint([])
                     except OSError as exc:   # the next open replays from the older one
                         log.warning("could not write the last checkpoint", extra=fields(
                             journal=self._name, error=str(exc)))
-                self._closed = True
-                if self._fd >= 0:
-                    os.close(self._fd)
-                    self._fd = -1
-            self._closed_event.set()
+                    finally:
+                        self._closed = True
+                        if self._fd >= 0:
+                            os.close(self._fd)
+                            self._fd = -1
+                self._closed_event.set()
         log.info("journal closed", extra=fields(journal=self._name,
                                                 unconsumed_bytes=self.unconsumed_bytes))
