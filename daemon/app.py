@@ -194,7 +194,7 @@ class App:
         OperatorApi(lambda: self.database.db.pool, settings.ingest.api_token,
                     settings.ingest.api_read_token).mount(self.http.app)
         self.web = WebUi(settings.web, lambda: self.database.db.pool,
-                         ingest=lambda: self.settings.ingest,
+                         ingest=lambda: settings.ingest,   # [ingest] needs a restart
                          listen=lambda: (self.http.addresses or settings.http.listen)[0],
                          projects_changed=self.projects.refresh)
         self.web.mount(self.http.app)
