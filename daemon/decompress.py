@@ -1,6 +1,7 @@
-"""Undo HTTP Content-Encoding on ingest bodies, with the output capped while it is produced.
+"""Undo Content-Encoding (and GELF's zlib and gzip datagrams), with the output capped
+while it is produced.
 
-Every ingest path (envelopes and the legacy store endpoint) accepts compressed bodies,
+Every ingest path (envelopes, the legacy store endpoint, GELF) accepts compressed bodies,
 and a few hundred bytes of gzip, brotli or zstd can expand to gigabytes. The one-shot
 library calls would allocate the whole expansion before any size check could run, so
 every path goes through this single streaming decoder, which stops as soon as the output

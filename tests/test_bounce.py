@@ -12,12 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.mail.delivery.bounce import RecipientStatus, build_dsn
-from daemon.mail.delivery.dsn_params import (
-    parse_envid,
-    parse_notify,
-    parse_orcpt,
-    should_notify,
-)
+from daemon.mail.dsn_params import parse_envid, parse_notify, parse_orcpt, should_notify
 
 T0 = 1_700_000_000.0
 NOW = T0 + 3600

@@ -17,7 +17,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.events.listen.decompress import BadEncoding, DecompressError, TooLarge, decompress
+from daemon.decompress import BadEncoding, DecompressError, TooLarge, decompress
 
 MiB = 1024 * 1024
 PAYLOAD = b'{"message": "connection refused", "level": "error"}\n' * 200

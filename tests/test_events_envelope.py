@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daemon.decompress import TooLarge
 from daemon.events.formats.sentry_envelope import (
     MAX_EVENT_BYTES,
     Envelope,
@@ -22,7 +23,6 @@ from daemon.events.formats.sentry_envelope import (
     parse_envelope,
     parse_json_object,
 )
-from daemon.events.listen.decompress import TooLarge
 
 EVENT_ID = "9ec79c33ec9942ab8353589fcb2e04dc"
 DSN = "https://e12d836b15bb49d7bbf99e64295d995b@egen.example.com/42"

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.mail.intake.message import (
+from daemon.mail.message import (
     MAX_FROM_LENGTH,
     MessageRejected,
     normalize_newlines,

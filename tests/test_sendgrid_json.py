@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from daemon.mail.dkim import Signer
 from daemon.mail.dkimkeys import DkimKey, generate_key
-from daemon.mail.intake.message import prepare
+from daemon.mail.message import prepare
 from daemon.mail.send_api.mime import build
 from daemon.mail.send_api.request import SendRequestInvalid, each_message, parse
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from daemon import __version__
-from daemon.mail.intake.message import MessageRejected
+from daemon.mail.message import MessageRejected
 from daemon.mail.queue import envelope
 from daemon.mail.queue.submit import Refused, Submitter
 

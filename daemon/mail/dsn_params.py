@@ -1,7 +1,8 @@
 """The parameters of the DSN extension (RFC 3461) and its rule for who gets a report.
 
-Apart from the report builder (daemon.mail.delivery.bounce) because SMTP intake needs these at
-MAIL and RCPT time, long before any report exists.
+Apart from the report builder (daemon.mail.delivery.bounce), and beside both intake and
+delivery, because SMTP intake needs these at MAIL and RCPT time, long before any report
+exists.
 """
 
 from __future__ import annotations

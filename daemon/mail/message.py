@@ -1,4 +1,5 @@
-"""What happens to a message's bytes between DATA and DKIM signing.
+"""What happens to a message's bytes between DATA and DKIM signing, whichever way it
+came (SMTP, the send API, a bounce or an alert egen writes itself).
 
 DKIM signs the exact bytes egen sends, and a relay must not alter what the application
 wrote, so nothing here parses and re-serializes a message: the header section is scanned

@@ -32,10 +32,10 @@ import asyncpg
 from aiohttp import web
 
 from daemon.db.pool import UNAVAILABLE
-from daemon.events.listen.http_common import HttpError, error_response, json_response
 from daemon.events.storage import issue_list, issue_status, queries
 from daemon.logs import fields, get_logger
 from daemon.typedtoml import Secret
+from daemon.web.request_body import HttpError, error_response, json_response
 
 log = get_logger("events.api")
 

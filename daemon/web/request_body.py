@@ -1,6 +1,7 @@
-"""What every ingest endpoint does with a request before it knows the format: read the
-body within a cap, undo Content-Encoding within a cap, and answer errors as JSON that
-says what was wrong (Sentry's SDKs log the `detail` of an error response)."""
+"""What every JSON endpoint (ingest, the send API, the operator API) does with a request
+before it knows the format: read the body within a cap, undo Content-Encoding within a
+cap, and answer errors as JSON that says what was wrong (Sentry's SDKs log the `detail`
+of an error response)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from daemon.events.listen.decompress import DecompressError, TooLarge, decompress
+from daemon.decompress import DecompressError, TooLarge, decompress
 
 
 class HttpError(Exception):

@@ -35,11 +35,11 @@ from typing import Any
 
 import orjson
 
+from daemon.decompress import DecompressError, TooLarge, decompress
 from daemon.events.formats.datagram import detect
 from daemon.events.formats.shipper import MAX_EXTRA_KEYS, MAX_EXTRA_VALUE
 from daemon.events.formats.shipper_fields import kind, parse_level, parse_timestamp
 from daemon.events.formats.traceback_text import ParsedTrace, parse_trace
-from daemon.events.listen.decompress import DecompressError, TooLarge, decompress
 
 __all__ = ["MAX_CHUNKS", "ChunkAssembler", "GelfError", "decode_payload", "to_sentry_event"]
 

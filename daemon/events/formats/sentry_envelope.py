@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from daemon.events.listen.decompress import BadEncoding, TooLarge, decompress
+from daemon.decompress import BadEncoding, TooLarge, decompress
 
 # Relay's per-event size limit; the HTTP layer caps a single event payload at this.
 MAX_EVENT_BYTES = 1024 * 1024

@@ -14,10 +14,10 @@ from typing import Any
 
 import orjson
 
+from daemon.decompress import DecompressError
 from daemon.events.formats import gelf, shipper, syslog
 from daemon.events.formats.datagram import detect
 from daemon.events.formats.shipper_fields import ShipperRecordError
-from daemon.events.listen.decompress import DecompressError
 
 REASONS = ("format", "parse", "chunk", "too_large")
 

@@ -13,11 +13,11 @@ from typing import Any
 
 from aiohttp import web
 
+from daemon.decompress import DecompressError, TooLarge, decompress
 from daemon.events.formats import gelf
 from daemon.events.formats.datagram import detect
-from daemon.events.listen.decompress import DecompressError, TooLarge, decompress
-from daemon.events.listen.http_common import HttpError, read_body
 from daemon.events.listen.native import KeyedEndpoint, project_for_key
+from daemon.web.request_body import HttpError, read_body
 
 PATH = "/gelf"
 MAX_MESSAGES = 100_000

@@ -18,17 +18,17 @@ from aiohttp import web
 
 from daemon.events.formats.shipper import ShipperBodyError, split_records, to_sentry_event
 from daemon.events.formats.shipper_fields import ShipperRecordError
-from daemon.events.listen.http_common import (
+from daemon.events.listen.refusals import Refusals
+from daemon.events.pipeline.ingest import Ingestor, Refused
+from daemon.events.projects import Project, ProjectRegistry
+from daemon.events.settings import IngestSettings
+from daemon.web.request_body import (
     HttpError,
     decoded_body,
     error_response,
     json_response,
     read_body,
 )
-from daemon.events.listen.refusals import Refusals
-from daemon.events.pipeline.ingest import Ingestor, Refused
-from daemon.events.projects import Project, ProjectRegistry
-from daemon.events.settings import IngestSettings
 
 PATH = "/api/v1/events"
 MAX_LISTED = 1000            # per-line problems listed in one answer

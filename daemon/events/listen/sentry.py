@@ -22,18 +22,18 @@ from daemon.events.formats.sentry_envelope import (
     decode_store_body,
     parse_envelope,
 )
-from daemon.events.listen.http_common import (
+from daemon.events.pipeline.ingest import Ingestor, Refused
+from daemon.events.pipeline.normalize import EVENT_ID
+from daemon.events.projects import Project, ProjectRegistry
+from daemon.events.settings import IngestSettings
+from daemon.logs import fields, get_logger
+from daemon.web.request_body import (
     HttpError,
     decoded_body,
     error_response,
     json_response,
     read_body,
 )
-from daemon.events.pipeline.ingest import Ingestor, Refused
-from daemon.events.pipeline.normalize import EVENT_ID
-from daemon.events.projects import Project, ProjectRegistry
-from daemon.events.settings import IngestSettings
-from daemon.logs import fields, get_logger
 
 log = get_logger("events.http")
 

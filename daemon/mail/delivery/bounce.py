@@ -47,7 +47,7 @@ from email.generator import BytesGenerator
 from email.message import EmailMessage, Message, MIMEPart
 from typing import Literal, get_args
 
-from daemon.mail.intake.message import normalize_newlines
+from daemon.mail.message import normalize_newlines
 
 Action = Literal["failed", "delayed", "delivered", "expanded", "relayed"]
 Ret = Literal["FULL", "HDRS"]

@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 
 from daemon.logs import fields, get_logger
 from daemon.mail.delivery.bounce import RecipientStatus, build_dsn
-from daemon.mail.delivery.dsn_params import should_notify
 from daemon.mail.delivery.outcome import Outcome
 from daemon.mail.delivery.worker import Final
-from daemon.mail.intake.message import MessageRejected
+from daemon.mail.dsn_params import should_notify
+from daemon.mail.message import MessageRejected
 from daemon.mail.queue.submit import Refused, Submitter
 
 log = get_logger("delivery")

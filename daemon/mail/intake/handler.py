@@ -24,7 +24,6 @@ from prometheus_client import CollectorRegistry, Counter
 
 from daemon.logs import fields, get_logger
 from daemon.mail.dkim import KeyRing
-from daemon.mail.intake.message import MessageRejected, prepare, protocol_name, received_header
 from daemon.mail.intake.policy import (
     Decision,
     User,
@@ -35,6 +34,7 @@ from daemon.mail.intake.policy import (
     parse_path,
 )
 from daemon.mail.intake.smtpd import EgenSMTP
+from daemon.mail.message import MessageRejected, prepare, protocol_name, received_header
 from daemon.mail.queue import envelope as queue_record
 from daemon.mail.queue.submit import DsnRequest, Origin, Refused, Submitter
 from daemon.mail.settings import ListenerSettings, SmtpSettings

@@ -32,7 +32,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, syntax
 
-from daemon.mail.delivery.dsn_params import parse_envid, parse_notify, parse_orcpt
+from daemon.mail.dsn_params import parse_envid, parse_notify, parse_orcpt
 from daemon.mail.intake import smtpd_inspect
 
 # aiosmtpd logs every command line at INFO (AUTH included) and deprecation chatter at

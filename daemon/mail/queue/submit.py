@@ -21,7 +21,7 @@ from prometheus_client import Counter
 from daemon.journal.log import Journal, JournalError, JournalFull
 from daemon.logs import fields, get_logger
 from daemon.mail.dkim import DkimError, DkimMessageError, KeyRing
-from daemon.mail.intake.message import PreparedMessage, prepare
+from daemon.mail.message import PreparedMessage, prepare
 from daemon.mail.queue import envelope as queue_record
 
 log = get_logger("smtp")

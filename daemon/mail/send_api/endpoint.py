@@ -21,16 +21,16 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from daemon.events.listen.http_common import HttpError, read_body
 from daemon.logs import fields, get_logger
-from daemon.mail.intake.message import MessageRejected, prepare, received_header
 from daemon.mail.intake.policy import User, check_header_from, check_mail_from
+from daemon.mail.message import MessageRejected, prepare, received_header
 from daemon.mail.queue import envelope as queue_record
 from daemon.mail.queue.submit import Origin, Refused, Signed
 from daemon.mail.send_api.keys import ApiKeyRegistry, KeysUnavailable
 from daemon.mail.send_api.mime import build
 from daemon.mail.send_api.model import FieldError, SendRequest, SendRequestInvalid
 from daemon.mail.send_api.request import each_message, parse
+from daemon.web.request_body import HttpError, read_body
 
 if TYPE_CHECKING:
     from daemon.mail.intake.handler import IntakeContext
@@ -231,6 +231,7 @@ class SendApi:
         buckets = ((ctx.client_rate, client, f"from {client}", "rate_client"),
                    (ctx.user_rate, user.name, f"from user {user.name}", "rate_user"))
         for bucket, key, what, reason in buckets:
+            assert bucket.burst is not None      # mail buckets are built with their limits
             if count > bucket.burst:
                 raise _fail(429, "rate_burst", f"{count} messages in one request are more "
                             f"than the {bucket.burst:.0f} the rate limit allows at once; "
