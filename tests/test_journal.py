@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from daemon.journal import log as journal_log
+from daemon.journal import checkpoint as checkpoint_file
+from daemon.journal import format as journal_format
 from daemon.journal.format import HEADER_SIZE, MAX_PAYLOAD, frame_header, read_checkpoint
 from daemon.journal.log import (
     Journal,
@@ -380,7 +381,7 @@ async def test_checkpoint_file_lags_by_at_most_checkpoint_every(tmp_path: Path,
     """Under load the file is written once per CHECKPOINT_EVERY, not per batch; a reopen
     after a crash replays what it does not cover (the stores are idempotent), and close()
     writes the last position."""
-    monkeypatch.setattr(journal_log, "CHECKPOINT_EVERY", 3600.0)   # nothing due by time
+    monkeypatch.setattr(checkpoint_file, "CHECKPOINT_EVERY", 3600.0)   # nothing due by time
     journal = await opened(tmp_path)
     positions = [await journal.append(b"r%d" % i) for i in range(3)]
     await journal.checkpoint(positions[0])         # the first one is written at once
@@ -407,14 +408,15 @@ async def test_a_deferred_checkpoint_is_written_without_another_call(
     """After a burst the journal goes quiet: the last position still reaches the file
     within CHECKPOINT_EVERY, so a crash long after replays nothing (a replay would bring
     back mail an operator deleted meanwhile)."""
-    monkeypatch.setattr(journal_log, "CHECKPOINT_EVERY", 0.05)
+    monkeypatch.setattr(checkpoint_file, "CHECKPOINT_EVERY", 0.05)
     journal = await opened(tmp_path)
     positions = [await journal.append(b"r%d" % i) for i in range(2)]
     await journal.checkpoint(positions[0])
     await journal.checkpoint(positions[1])             # deferred: the last was just now
     assert read_checkpoint(tmp_path) == (positions[0].segment, positions[0].offset)
-    assert journal._flusher is not None
-    await asyncio.wait_for(asyncio.shield(journal._flusher), 5)
+    deferred = journal._checkpoints.deferred
+    assert deferred is not None
+    await asyncio.wait_for(asyncio.shield(deferred), 5)
     assert read_checkpoint(tmp_path) == (positions[1].segment, positions[1].offset)
     await journal.close()
 
@@ -425,16 +427,16 @@ async def test_a_failed_checkpoint_write_is_retried(tmp_path: Path,
     must write the file, not count as done because the position was taken before."""
     journal = await opened(tmp_path)
     position = await journal.append(b"r")
-    real, failed = journal_log.fmt.write_checkpoint, []
+    real, failed = journal_format.write_checkpoint, []
 
     def broken(*args: object) -> None:
         failed.append(args)
         raise OSError("disk full")
 
-    monkeypatch.setattr(journal_log.fmt, "write_checkpoint", broken)
+    monkeypatch.setattr(journal_format, "write_checkpoint", broken)
     with pytest.raises(OSError):
         await journal.checkpoint(position)
-    monkeypatch.setattr(journal_log.fmt, "write_checkpoint", real)
+    monkeypatch.setattr(journal_format, "write_checkpoint", real)
     await journal.checkpoint(position)
     assert failed and read_checkpoint(tmp_path) == (position.segment, position.offset)
     await journal.close()

@@ -21,7 +21,6 @@ All disk I/O runs in worker threads; the event loop only plans groups and resolv
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,13 +29,15 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from daemon.journal import format as fmt
+from daemon.journal.checkpoint import CheckpointFile
+from daemon.journal.records import Position, Record
 from daemon.logs import fields, get_logger
 from daemon.waiting import wait_set
 
-log = get_logger("journal")
+__all__ = ["Journal", "JournalClosed", "JournalError", "JournalFull", "JournalMetrics",
+           "Position", "Record"]
 
-# Longest the checkpoint file lags the consumer's progress (see Journal.checkpoint).
-CHECKPOINT_EVERY = 0.1
+log = get_logger("journal")
 
 
 class JournalError(Exception):
@@ -49,18 +50,6 @@ class JournalFull(JournalError):
 
 class JournalClosed(JournalError):
     pass
-
-
-@dataclass(frozen=True, order=True)
-class Position:
-    segment: int
-    offset: int          # byte offset just past the record in that segment
-
-
-@dataclass(frozen=True)
-class Record:
-    position: Position   # end position of this record (pass to checkpoint())
-    payload: bytes
 
 
 class JournalMetrics:
@@ -122,18 +111,15 @@ class Journal:
         self._active = 0
         self._fd = -1
         self._checkpoint = Position(0, 0)      # the consumer's progress
-        self._written = Position(0, 0)         # what the checkpoint file says
-        self._written_at = -math.inf           # loop time it was last written
+        self._checkpoints = CheckpointFile(
+            self._dir, name,
+            lambda: None if self._closed or self._broken else self._checkpoint)
         self._cursor = Position(0, 0)
         self._durable_unconsumed = 0
         self._inflight = 0
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._data = asyncio.Event()
-        self._checkpoint_lock = asyncio.Lock()
-        self._flusher: asyncio.Task[None] | None = None   # a deferred checkpoint write
-        self._flush_now = asyncio.Event()
-        self._writing: asyncio.Future[None] | None = None  # the last checkpoint file write
         self._closed_event = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._opened = self._closing = self._closed = False
@@ -204,7 +190,7 @@ class Journal:
             log.warning("journal checkpoint unreadable; replaying from the oldest segment",
                         extra=fields(journal=self._name, reason=found, segment=oldest.segment))
             found = None
-        self._checkpoint = self._written = Position(*found) if found else oldest
+        self._checkpoint = self._checkpoints.written = Position(*found) if found else oldest
         cp = self._checkpoint
         consumed = [s for s, end in self._segments.items()
                     if s < cp.segment or (s == cp.segment and s != ids[-1] and cp.offset >= end)]
@@ -425,16 +411,12 @@ class Journal:
     async def checkpoint(self, position: Position) -> None:
         """Take the consumer's progress; persist it, then delete segments it wholly covers.
 
-        The checkpoint file is written at once when a segment can go, else at most every
-        CHECKPOINT_EVERY seconds (a deferred write follows within that time, so the file
-        never lags longer): under load a consumer batch holds a few records, and two fsyncs
-        per batch competed with the appends' own. A crash replays what the file does not
-        cover yet, at most CHECKPOINT_EVERY of the consumer's progress, which the
-        idempotent stores absorb; close() writes the last position."""
-        async with self._checkpoint_lock:
+        The file is written at once when a segment can go, else within CHECKPOINT_EVERY
+        (daemon.journal.checkpoint); close() writes the last position."""
+        async with self._checkpoints.lock:
             if self._closed:
                 raise JournalClosed(f"journal {self._name!r} is closed")
-            if position < self._checkpoint or position <= self._written:
+            if position < self._checkpoint or position <= self._checkpoints.written:
                 return
             if position > Position(self._active, self._segments[self._active]):
                 raise ValueError(f"checkpoint {position} is past the durable end of journal "
@@ -444,46 +426,15 @@ class Journal:
             self._durable_unconsumed = self._count_unconsumed()
             self._refused = False
             self._m_unconsumed.set(self.unconsumed_bytes)
-            loop = asyncio.get_running_loop()
             consumed = [s for s, end in self._segments.items() if s != self._active and (
                 s < position.segment or (s == position.segment and position.offset >= end))]
-            due = self._written_at + CHECKPOINT_EVERY - loop.time()
-            if consumed or due <= 0:
-                await self._write_checkpoint(consumed)
-            elif self._flusher is None or self._flusher.done():
-                self._flusher = asyncio.create_task(self._write_later(due),
-                                                    name=f"checkpoint-{self._name}")
-
-    async def _write_later(self, delay: float) -> None:
-        """The deferred checkpoint write; never cancelled (close() wakes it instead), so
-        a write is never left running in its thread while another starts."""
-        await wait_set(self._flush_now, delay)
-        async with self._checkpoint_lock:
-            if self._closed or self._checkpoint <= self._written or self._broken is not None:
+            if not await self._checkpoints.save(position, at_once=bool(consumed)) or not consumed:
                 return
-            try:
-                await self._write_checkpoint([])
-            except OSError as exc:   # the next checkpoint or close() tries again
-                log.warning("could not write the journal checkpoint", extra=fields(
-                    journal=self._name, error=str(exc)))
-
-    async def _write_checkpoint(self, consumed: list[int]) -> None:
-        """The checkpoint file at the current position, then the segments it covers gone
-        (under the checkpoint lock)."""
-        position = self._checkpoint
-        loop = asyncio.get_running_loop()
-        if self._writing is not None:     # one cancelled mid-write: let its thread finish
-            await asyncio.wait([self._writing])
-        self._writing = loop.run_in_executor(
-            None, fmt.write_checkpoint, self._dir, position.segment, position.offset)
-        await asyncio.shield(self._writing)    # cancelled, the thread still finishes it
-        self._written = position
-        self._written_at = loop.time()
-        if consumed:
-            for segment in consumed:
+            for segment in consumed:    # only once the file says they are consumed
                 self._segments.pop(segment, None)
             try:
-                await loop.run_in_executor(None, fmt.remove_segments, self._dir, consumed)
+                await asyncio.get_running_loop().run_in_executor(
+                    None, fmt.remove_segments, self._dir, consumed)
             except OSError as exc:   # harmless: open() removes segments the checkpoint covers
                 log.warning("could not delete consumed journal segments", extra=fields(
                     journal=self._name, segments=consumed, error=str(exc)))
@@ -501,14 +452,12 @@ class Journal:
                 await self._writer
         finally:
             try:
-                if self._flusher is not None:
-                    self._flush_now.set()
-                    await asyncio.shield(self._flusher)
+                await self._checkpoints.flush()
             finally:
-                async with self._checkpoint_lock:
+                async with self._checkpoints.lock:
                     try:
-                        if self._checkpoint > self._written and self._broken is None:
-                            await self._write_checkpoint([])
+                        if self._checkpoint > self._checkpoints.written and self._broken is None:
+                            await self._checkpoints.write(self._checkpoint)
                     except OSError as exc:   # the next open replays from the older one
                         log.warning("could not write the last checkpoint", extra=fields(
                             journal=self._name, error=str(exc)))
