@@ -1,4 +1,5 @@
-"""Per-key rate limits for SMTP intake: token buckets and an AUTH-failure blocker.
+"""Per-key rate limits: token buckets (SMTP intake and the send API per client and user,
+the error tracker per project) and the SMTP AUTH-failure blocker.
 
 Both keep state per key (client IP, user name) in a bounded LRU table (DESIGN.md contract
 3): a flood of distinct keys evicts the least recently seen ones instead of growing memory.

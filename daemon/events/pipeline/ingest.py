@@ -147,7 +147,6 @@ class Ingestor:
             await self._append(records, source)
         return results
 
-
     async def accept_pending(self, project: Project, payloads: Sequence[bytes], *,
                              source: str, event_id: str | None,
                              client_ip: str | None) -> None:
